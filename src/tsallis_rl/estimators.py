@@ -1,0 +1,418 @@
+"""Gradient estimators of J_Q as pure tensor functions, plus a name registry (METHOD.md section 4).
+
+Every estimator returns an `EstimatorOutput` whose `.loss` is a scalar surrogate: its gradient is the
+estimator, averaged over the B prompts. Teacher-forced estimators (GARL, PAFT, RB-RLOO) take
+
+    rationale_logp: [B, M]  log p(z_m | x_b), summed over rationale tokens (carries gradient)
+    answer_logp:    [B, M]  log p(y*_b | x_b, z_m), summed over gold-answer tokens incl. its end token
+
+and use the weights w = exp(answer_logp), always handled in log space in float64, so log-weights of
+-5000 or a weight that dominates the rest by 700 nats stay exact. The per-sample derivatives of the
+loss are returned as `rationale_grad` / `answer_grad` (float64, detached) so that adapters onto other
+engines (TRL, verl) reuse these coefficients instead of re-deriving them.
+
+Usage:
+    out = get_estimator("garl")(rationale_logp, answer_logp, q=0.75)
+    out.loss.backward()
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+# --------------------------------------------------------------------------------------------------
+# Output type and registry
+
+
+@dataclass
+class EstimatorOutput:
+    """A scalar surrogate loss, diagnostics, and the per-sample derivatives it encodes."""
+
+    loss: Tensor
+    stats: dict[str, float]
+    rationale_grad: Tensor | None = None  # [B, M] d loss / d rationale_logp
+    answer_grad: Tensor | None = None  # [B, M] d loss / d answer_logp
+    advantages: Tensor | None = None  # [B, M] for reward-based estimators (GRPO)
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EstimatorSpec:
+    """What the trainer needs to know about an estimator: its function and the inputs it consumes.
+
+    inputs = "teacher_forced": fn(rationale_logp, answer_logp, q, **options)
+    inputs = "sampled_reward": fn(token_logp, token_mask, rewards, **options)
+    """
+
+    name: str
+    fn: Callable[..., EstimatorOutput]
+    inputs: str
+    uses_q: bool
+    description: str
+
+
+_REGISTRY: dict[str, EstimatorSpec] = {}
+
+
+def register_estimator(
+    name: str, *, inputs: str = "teacher_forced", uses_q: bool = True, description: str = ""
+) -> Callable[[Callable[..., EstimatorOutput]], Callable[..., EstimatorOutput]]:
+    """Decorator: register `fn` under `name` (lower-case). Re-registering a name replaces it."""
+    if inputs not in ("teacher_forced", "sampled_reward"):
+        raise ValueError(f"inputs must be 'teacher_forced' or 'sampled_reward', got {inputs!r}")
+
+    def deco(fn: Callable[..., EstimatorOutput]) -> Callable[..., EstimatorOutput]:
+        doc = description or (fn.__doc__ or "").strip().splitlines()[0]
+        _REGISTRY[name.lower()] = EstimatorSpec(name.lower(), fn, inputs, uses_q, doc)
+        return fn
+
+    return deco
+
+
+def get_estimator_spec(name: str) -> EstimatorSpec:
+    """The registered spec for `name`; unknown names raise with the list of known ones."""
+    key = str(name).lower()
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown estimator {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[key]
+
+
+def get_estimator(name: str) -> Callable[..., EstimatorOutput]:
+    """The estimator function registered under `name`."""
+    return get_estimator_spec(name).fn
+
+
+def list_estimators() -> list[str]:
+    """Registered estimator names, sorted."""
+    return sorted(_REGISTRY)
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation (the boundary of the math: clear ValueErrors naming the argument)
+
+
+def _check_q(q: float) -> float:
+    try:
+        q = float(q)
+    except (TypeError, ValueError):
+        raise ValueError(f"q must be a number in [0, 1], got {q!r}") from None
+    if not (0.0 <= q <= 1.0):
+        raise ValueError(f"q must lie in [0, 1], got {q}")
+    return q
+
+
+def _check_pair(rationale_logp: Tensor, answer_logp: Tensor) -> None:
+    for name, t in (("rationale_logp", rationale_logp), ("answer_logp", answer_logp)):
+        if not isinstance(t, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 2:
+            raise ValueError(f"{name} must have shape [B, M], got {tuple(t.shape)}")
+        if not torch.is_floating_point(t):
+            raise ValueError(f"{name} must be a floating tensor, got {t.dtype}")
+        if t.shape[0] < 1 or t.shape[1] < 1:
+            raise ValueError(f"{name} must have B >= 1 and M >= 1, got {tuple(t.shape)}")
+    if rationale_logp.shape != answer_logp.shape:
+        raise ValueError(
+            f"shape mismatch: rationale_logp {tuple(rationale_logp.shape)} "
+            f"vs answer_logp {tuple(answer_logp.shape)}"
+        )
+    r, a = rationale_logp.detach(), answer_logp.detach()
+    if not torch.isfinite(r).all():
+        raise ValueError("rationale_logp has NaN or infinite entries")
+    if torch.isnan(a).any():
+        raise ValueError("answer_logp has NaN entries")
+    if (a == math.inf).any():
+        raise ValueError("answer_logp has +inf entries (a log-probability is at most 0)")
+
+
+# --------------------------------------------------------------------------------------------------
+# Log-space weight statistics
+
+
+@dataclass
+class WeightStats:
+    """Per-group summaries of log-weights, all float64 [B, ...]."""
+
+    log_w: Tensor  # [B, M]
+    log_w_bar: Tensor  # [B] log of the mean weight (-inf for an all-zero group)
+    log_w_loo: Tensor  # [B, M] log of the leave-one-out mean (-inf where all others are zero)
+    zero_group: Tensor  # [B] bool, every weight exactly zero
+
+
+def _logsumexp_excluding_each(log_w: Tensor) -> Tensor:
+    """log sum_{j != m} exp(log_w[b, j]) for every m, from prefix and suffix log-cum-sums: [B, M].
+
+    Never forms M*w_bar - w_m, which cancels catastrophically when w_m dominates.
+    """
+    B, M = log_w.shape
+    neg_inf = torch.full((B, 1), -math.inf, dtype=log_w.dtype, device=log_w.device)
+    prefix = torch.logcumsumexp(log_w, dim=1)
+    suffix = torch.logcumsumexp(log_w.flip(1), dim=1).flip(1)
+    before = torch.cat([neg_inf, prefix[:, :-1]], dim=1)
+    after = torch.cat([suffix[:, 1:], neg_inf], dim=1)
+    return _logaddexp(before, after)
+
+
+def _logaddexp(a: Tensor, b: Tensor) -> Tensor:
+    """logaddexp that returns -inf (not NaN) when both sides are -inf."""
+    m = torch.maximum(a, b)
+    safe_m = torch.where(torch.isinf(m), torch.zeros_like(m), m)
+    out = safe_m + torch.log(torch.exp(a - safe_m) + torch.exp(b - safe_m))
+    return torch.where(m == -math.inf, m, out)
+
+
+def weight_stats(answer_logp: Tensor) -> WeightStats:
+    """Log-space mean and leave-one-out means of w = exp(answer_logp) per group (float64)."""
+    log_w = answer_logp.detach().to(torch.float64)
+    M = log_w.shape[1]
+    log_w_bar = torch.logsumexp(log_w, dim=1) - math.log(M)
+    if M > 1:
+        log_w_loo = _logsumexp_excluding_each(log_w) - math.log(M - 1)
+    else:
+        log_w_loo = torch.full_like(log_w, -math.inf)
+    return WeightStats(log_w, log_w_bar, log_w_loo, log_w_bar == -math.inf)
+
+
+def _pow_from_log(log_x: Tensor, power: float) -> Tensor:
+    """exp(power * log_x) with 0**0 = 1 and 0**p = 0 for p > 0 (no 0 * -inf = NaN)."""
+    if power == 0.0:
+        return torch.ones_like(log_x)
+    return torch.exp(power * log_x)
+
+
+def effective_sample_size(log_w: Tensor) -> Tensor:
+    """Kish ESS (sum w)^2 / sum w^2 per group from log-weights [B, M] -> [B]; 0 for all-zero groups."""
+    ess = torch.exp(2 * torch.logsumexp(log_w, dim=1) - torch.logsumexp(2 * log_w, dim=1))
+    return torch.nan_to_num(ess, nan=0.0)
+
+
+_LOG_TINY = math.log(torch.finfo(torch.float64).tiny)  # about -708: exp() below this underflows
+
+
+def _weight_summary(ws: WeightStats) -> dict[str, float]:
+    finite = ~ws.zero_group
+    mean_log = ws.log_w_bar[finite].mean().item() if finite.any() else -math.inf
+    return {
+        "mean_log_w_bar": mean_log,
+        "ess": effective_sample_size(ws.log_w).mean().item(),
+        "frac_zero_groups": ws.zero_group.double().mean().item(),
+        "frac_underflow_groups": (ws.log_w.amax(dim=1) < _LOG_TINY).double().mean().item(),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# GARL (Algorithm 1 and the plug-in form, Eq. 9)
+
+
+def garl_coefficients(
+    answer_logp: Tensor, q: float, *, baseline: str = "rloo", normalize: bool = True
+) -> tuple[Tensor, Tensor, dict[str, float]]:
+    """Per-sample GARL coefficients from log-weights, before the 1/B average.
+
+    answer_logp: [B, M] log w. Returns (c, r, stats), each of c and r [B, M] float64 and already
+    divided by M**(1+q) (M when normalize=False):
+      c: rationale coefficient, w/w_bar**q - w_loo**(1-q) (rloo) or w/w_bar**q (none)
+      r: pathwise coefficient, w/w_bar**q
+    The loss gradient is d/d rationale_logp = -c / B and d/d answer_logp = -r / B.
+    All-zero groups get c = r = 0 exactly.
+    """
+    q = _check_q(q)
+    if baseline not in ("rloo", "none"):
+        raise ValueError(f"baseline must be 'rloo' or 'none', got {baseline!r}")
+    M = answer_logp.shape[1]
+    if baseline == "rloo" and M < 2:
+        raise ValueError(f"the RLOO baseline needs M >= 2 samples per prompt, got M = {M}")
+    ws = weight_stats(answer_logp)
+    zero = ws.zero_group[:, None]
+    log_bar = torch.where(zero, torch.zeros_like(ws.log_w_bar[:, None]), ws.log_w_bar[:, None])
+    ratio = torch.exp(ws.log_w - q * log_bar)  # w / w_bar**q, exactly 0 where w = 0
+    ratio = torch.where(zero, torch.zeros_like(ratio), ratio)
+    if baseline == "rloo":
+        c = ratio - _pow_from_log(ws.log_w_loo, 1.0 - q)
+        c = torch.where(zero, torch.zeros_like(c), c)
+    else:
+        c = ratio
+    scale = float(M) ** (1.0 + q) if normalize else float(M)
+    stats = _weight_summary(ws)
+    norm_q = float(M) ** q if normalize else 1.0
+    stats["max_adv"] = (c / norm_q).max().item()  # max c / M**q: the paper's Fig. 3 signal
+    stats["mean_abs_adv"] = (c / norm_q).abs().mean().item()
+    return c / scale, ratio / scale, stats
+
+
+@register_estimator("garl", description="Gradient-amplified RL (Algorithm 1), commitment q")
+def garl_loss(
+    rationale_logp: Tensor,
+    answer_logp: Tensor,
+    q: float,
+    *,
+    baseline: str = "rloo",
+    pathwise: bool = True,
+    normalize: bool = True,
+) -> EstimatorOutput:
+    """GARL: -(1/M**q)(1/M) sum_m [c_m grad log p(z_m|x) + grad w_m / w_bar**q], averaged over B.
+
+    rationale_logp, answer_logp: [B, M]. baseline "rloo" (Algorithm 1) or "none" (plug-in Eq. 9);
+    pathwise=False drops the answer-likelihood term; normalize=False drops the 1/M**q factor.
+    q = 0 is RB-RLOO; q = 1 the self-normalised IWAE gradient.
+    """
+    _check_pair(rationale_logp, answer_logp)
+    c, r, stats = garl_coefficients(answer_logp, q, baseline=baseline, normalize=normalize)
+    B = rationale_logp.shape[0]
+    grad_z, grad_y = -c / B, (-r / B if pathwise else torch.zeros_like(r))
+    loss = _linear_surrogate(rationale_logp, grad_z) + _linear_surrogate(answer_logp, grad_y)
+    return EstimatorOutput(loss, stats, rationale_grad=grad_z, answer_grad=grad_y)
+
+
+@register_estimator(
+    "rb_rloo", uses_q=False, description="RLOO with the Rao-Blackwellised reward w (GARL at q = 0)"
+)
+def rb_rloo_loss(
+    rationale_logp: Tensor, answer_logp: Tensor, q: float = 0.0, *, pathwise: bool = True
+) -> EstimatorOutput:
+    """RB-RLOO (VeriFree-style): GARL at q = 0; q is accepted only as 0 for a uniform call signature."""
+    if float(q) != 0.0:
+        raise ValueError(f"rb_rloo is GARL at q = 0; got q = {q} (use 'garl' for other q)")
+    return garl_loss(rationale_logp, answer_logp, 0.0, baseline="rloo", pathwise=pathwise)
+
+
+def _linear_surrogate(x: Tensor, grad: Tensor) -> Tensor:
+    """A scalar whose gradient w.r.t. x is `grad` (a constant), and whose value is sum(grad * x)."""
+    g = grad.to(device=x.device, dtype=x.dtype)
+    return (g * x).sum()
+
+
+# --------------------------------------------------------------------------------------------------
+# PAFT (Algorithm 2)
+
+
+def paft_counts(
+    answer_logp: Tensor, num_samples: int, generator: torch.Generator | None = None
+) -> Tensor:
+    """Importance-resampling counts n[b, m]: K draws with replacement from Categorical(w_b / sum w_b).
+
+    answer_logp: [B, M] -> counts [B, M] float64 summing to K per group (0 for all-zero groups).
+    """
+    K = int(num_samples)
+    ws = weight_stats(answer_logp)
+    B, M = ws.log_w.shape
+    probs = torch.softmax(torch.where(ws.zero_group[:, None], 0.0, ws.log_w), dim=1)
+    gen_device = generator.device if generator is not None else probs.device
+    draws = torch.multinomial(probs.to(gen_device), K, replacement=True, generator=generator)
+    counts = torch.zeros(B, M, dtype=torch.float64, device=gen_device)
+    counts.scatter_add_(1, draws, torch.ones_like(draws, dtype=torch.float64))
+    counts = counts.to(probs.device)
+    return torch.where(ws.zero_group[:, None], torch.zeros_like(counts), counts)
+
+
+@register_estimator("paft", description="Posterior-attenuated fine-tuning (Algorithm 2)")
+def paft_loss(
+    rationale_logp: Tensor,
+    answer_logp: Tensor,
+    q: float,
+    *,
+    num_samples: int | None = None,
+    generator: torch.Generator | None = None,
+    normalize: bool = True,
+) -> EstimatorOutput:
+    """PAFT: -(w_bar**(1-q) / (M**q K)) sum_k grad log p(z_rk, y* | x), averaged over B.
+
+    rationale_logp, answer_logp: [B, M]. K = num_samples (default M) resampled indices per prompt;
+    both derivatives equal -n[b, m] w_bar_b**(1-q) / (B M**q K) (B K when normalize=False).
+    """
+    _check_pair(rationale_logp, answer_logp)
+    q = _check_q(q)
+    B, M = rationale_logp.shape
+    K = M if num_samples is None else num_samples
+    if isinstance(K, bool) or not isinstance(K, int) or K < 1:
+        raise ValueError(f"num_samples (K) must be an integer >= 1, got {num_samples!r}")
+    counts = paft_counts(answer_logp, K, generator)
+    ws = weight_stats(answer_logp)
+    atten = torch.where(ws.zero_group, 0.0, _pow_from_log(ws.log_w_bar, 1.0 - q))  # [B]
+    denom = B * (float(M) ** q if normalize else 1.0) * K
+    grad = -counts * atten[:, None] / denom
+    loss = _linear_surrogate(rationale_logp, grad) + _linear_surrogate(answer_logp, grad)
+    stats = _weight_summary(ws)
+    stats["mean_attenuation"] = atten.mean().item()
+    stats["distinct_resampled"] = (counts > 0).double().sum(dim=1).mean().item()
+    norm_q = float(M) ** q if normalize else 1.0
+    stats["max_adv"] = (counts * atten[:, None] * M / (norm_q * K)).max().item()
+    return EstimatorOutput(
+        loss, stats, rationale_grad=grad, answer_grad=grad, extras={"counts": counts}
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# GRPO (the baseline: binary reward on a sampled answer, group-normalised advantage, PPO clip)
+
+
+def group_advantages(rewards: Tensor, *, scale_rewards: bool = True, eps: float = 1e-4) -> Tensor:
+    """GRPO advantages (r - mean) / (std + eps) per group (or r - mean): [B, M] -> [B, M] float64.
+
+    std is the unbiased sample std, as in TRL and DeepSeekMath; a group of equal rewards gets 0.
+    """
+    r = rewards.detach().to(torch.float64)
+    adv = r - r.mean(dim=1, keepdim=True)
+    if scale_rewards:
+        std = r.std(dim=1, keepdim=True) if r.shape[1] > 1 else torch.zeros_like(r[:, :1])
+        adv = adv / (std + eps)
+    return adv
+
+
+@register_estimator(
+    "grpo", inputs="sampled_reward", uses_q=False, description="GRPO baseline (exact-match reward)"
+)
+def grpo_loss(
+    token_logp: Tensor,
+    token_mask: Tensor,
+    rewards: Tensor,
+    *,
+    old_token_logp: Tensor | None = None,
+    clip_eps: float = 0.2,
+    scale_rewards: bool = True,
+) -> EstimatorOutput:
+    """GRPO: PPO-clipped ratio times group advantage, token mean per sequence, mean over sequences.
+
+    token_logp: [B, M, T] log-probs of the sampled completion tokens; token_mask: [B, M, T] (1 = token);
+    rewards: [B, M]; old_token_logp: [B, M, T] behaviour log-probs (default: token_logp, ratio 1).
+    """
+    if token_logp.dim() != 3:
+        raise ValueError(f"token_logp must have shape [B, M, T], got {tuple(token_logp.shape)}")
+    if token_mask.shape != token_logp.shape:
+        raise ValueError(
+            f"token_mask shape {tuple(token_mask.shape)} != token_logp {tuple(token_logp.shape)}"
+        )
+    if rewards.shape != token_logp.shape[:2]:
+        raise ValueError(
+            f"rewards must have shape [B, M] = {tuple(token_logp.shape[:2])}, got {tuple(rewards.shape)}"
+        )
+    if old_token_logp is not None and old_token_logp.shape != token_logp.shape:
+        raise ValueError("old_token_logp must have the same shape as token_logp")
+    if not clip_eps > 0:
+        raise ValueError(f"clip_eps must be > 0, got {clip_eps}")
+    if torch.isnan(rewards).any():
+        raise ValueError("rewards has NaN entries")
+    mask = token_mask.to(token_logp.dtype)
+    adv64 = group_advantages(rewards, scale_rewards=scale_rewards)
+    adv = adv64.to(token_logp.dtype)[:, :, None]
+    old = token_logp.detach() if old_token_logp is None else old_token_logp.detach()
+    ratio = torch.exp((token_logp - old) * mask)
+    clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    per_token = -torch.minimum(ratio * adv, clipped * adv)
+    per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+    loss = per_seq.mean()
+    r = rewards.detach().double()
+    zero_std = (r.max(dim=1).values == r.min(dim=1).values).double().mean().item()
+    is_clipped = ((ratio - clipped).abs() > 0).to(mask.dtype) * mask
+    stats = {
+        "reward": r.mean().item(),
+        "frac_reward_zero_std": zero_std,
+        "clip_ratio": (is_clipped.sum() / mask.sum().clamp(min=1.0)).item(),
+        "max_adv": adv64.max().item(),
+    }
+    return EstimatorOutput(loss, stats, advantages=adv64)
