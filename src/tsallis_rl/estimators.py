@@ -136,12 +136,21 @@ def _check_pair(rationale_logp: Tensor, answer_logp: Tensor) -> None:
 
 @dataclass
 class WeightStats:
-    """Per-group summaries of log-weights, all float64 [B, ...]."""
+    """Per-group summaries of log-weights, all float64 [B, ...].
+
+    Every log-mean is also kept relative to the group's largest log-weight (`log_w_max`), so that
+    ratios such as w / w_bar**q are formed from O(1) numbers even when log w is -1e8: the absolute
+    rounding of log_w_bar itself (about 1e-16 * |log_w_bar|) would otherwise become a relative error.
+    """
 
     log_w: Tensor  # [B, M]
     log_w_bar: Tensor  # [B] log of the mean weight (-inf for an all-zero group)
     log_w_loo: Tensor  # [B, M] log of the leave-one-out mean (-inf where all others are zero)
     zero_group: Tensor  # [B] bool, every weight exactly zero
+    log_w_max: Tensor  # [B] largest log-weight (0 for an all-zero group)
+    rel_log_w: Tensor  # [B, M] log_w - log_w_max
+    rel_log_w_bar: Tensor  # [B] log_w_bar - log_w_max
+    rel_log_w_loo: Tensor  # [B, M] log_w_loo - log_w_max
 
 
 def _logsumexp_excluding_each(log_w: Tensor) -> Tensor:
@@ -170,12 +179,25 @@ def weight_stats(answer_logp: Tensor) -> WeightStats:
     """Log-space mean and leave-one-out means of w = exp(answer_logp) per group (float64)."""
     log_w = answer_logp.detach().to(torch.float64)
     M = log_w.shape[1]
-    log_w_bar = torch.logsumexp(log_w, dim=1) - math.log(M)
+    top = log_w.amax(dim=1)
+    zero_group = top == -math.inf
+    top = torch.where(zero_group, torch.zeros_like(top), top)
+    rel = log_w - top[:, None]  # exact (Sterbenz) for the weights that matter
+    rel_bar = torch.logsumexp(rel, dim=1) - math.log(M)
     if M > 1:
-        log_w_loo = _logsumexp_excluding_each(log_w) - math.log(M - 1)
+        rel_loo = _logsumexp_excluding_each(rel) - math.log(M - 1)
     else:
-        log_w_loo = torch.full_like(log_w, -math.inf)
-    return WeightStats(log_w, log_w_bar, log_w_loo, log_w_bar == -math.inf)
+        rel_loo = torch.full_like(rel, -math.inf)
+    return WeightStats(
+        log_w=log_w,
+        log_w_bar=top + rel_bar,
+        log_w_loo=top[:, None] + rel_loo,
+        zero_group=zero_group,
+        log_w_max=top,
+        rel_log_w=rel,
+        rel_log_w_bar=rel_bar,
+        rel_log_w_loo=rel_loo,
+    )
 
 
 def _pow_from_log(log_x: Tensor, power: float) -> Tensor:
@@ -187,7 +209,9 @@ def _pow_from_log(log_x: Tensor, power: float) -> Tensor:
 
 def effective_sample_size(log_w: Tensor) -> Tensor:
     """Kish ESS (sum w)^2 / sum w^2 per group from log-weights [B, M] -> [B]; 0 for all-zero groups."""
-    ess = torch.exp(2 * torch.logsumexp(log_w, dim=1) - torch.logsumexp(2 * log_w, dim=1))
+    top = log_w.amax(dim=1, keepdim=True)
+    rel = log_w - torch.where(top == -math.inf, torch.zeros_like(top), top)
+    ess = torch.exp(2 * torch.logsumexp(rel, dim=1) - torch.logsumexp(2 * rel, dim=1))
     return torch.nan_to_num(ess, nan=0.0)
 
 
@@ -229,12 +253,15 @@ def garl_coefficients(
         raise ValueError(f"the RLOO baseline needs M >= 2 samples per prompt, got M = {M}")
     ws = weight_stats(answer_logp)
     zero = ws.zero_group[:, None]
-    log_bar = torch.where(zero, torch.zeros_like(ws.log_w_bar[:, None]), ws.log_w_bar[:, None])
-    ratio = torch.exp(ws.log_w - q * log_bar)  # w / w_bar**q, exactly 0 where w = 0
+    # log(w / w_bar**q) = (1-q) log w_max + rel_log_w - q rel_log_w_bar: O(1) terms, no cancellation of
+    # two large logs. Exactly 0 where w = 0; all-zero groups have log_w_max = 0 and rel = -inf.
+    top = ws.log_w_max[:, None]
+    ratio = torch.exp((1.0 - q) * top + ws.rel_log_w - q * ws.rel_log_w_bar[:, None])
     ratio = torch.where(zero, torch.zeros_like(ratio), ratio)
     if baseline == "rloo":
-        c = ratio - _pow_from_log(ws.log_w_loo, 1.0 - q)
-        c = torch.where(zero, torch.zeros_like(c), c)
+        # (w_loo)**(1-q), with 0**0 = 1 at q = 1 (then c = w/w_bar - 1, the self-normalised IWAE weight)
+        loo_pow = _pow_from_log(top + ws.rel_log_w_loo, 1.0 - q)
+        c = torch.where(zero, torch.zeros_like(ratio), ratio - loo_pow)
     else:
         c = ratio
     scale = float(M) ** (1.0 + q) if normalize else float(M)
@@ -282,9 +309,13 @@ def rb_rloo_loss(
 
 
 def _linear_surrogate(x: Tensor, grad: Tensor) -> Tensor:
-    """A scalar whose gradient w.r.t. x is `grad` (a constant), and whose value is sum(grad * x)."""
+    """A scalar whose gradient w.r.t. x is `grad` (a constant), and whose value is sum(grad * x).
+
+    Entries with grad == 0 contribute exactly 0 to the value, so x = -inf there (a zero weight) gives
+    no 0 * -inf = NaN; their gradient is 0 either way.
+    """
     g = grad.to(device=x.device, dtype=x.dtype)
-    return (g * x).sum()
+    return torch.where(g == 0, torch.zeros_like(x), g * x).sum()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -398,13 +429,16 @@ def grpo_loss(
     if torch.isnan(rewards).any():
         raise ValueError("rewards has NaN entries")
     mask = token_mask.to(token_logp.dtype)
+    on = mask != 0
     adv64 = group_advantages(rewards, scale_rewards=scale_rewards)
     adv = adv64.to(token_logp.dtype)[:, :, None]
     old = token_logp.detach() if old_token_logp is None else old_token_logp.detach()
-    ratio = torch.exp((token_logp - old) * mask)
+    # padded positions may hold anything (-inf included): keep them out of every product
+    ratio = torch.exp(torch.where(on, token_logp - old, torch.zeros_like(token_logp)))
     clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
     per_token = -torch.minimum(ratio * adv, clipped * adv)
-    per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+    per_token = torch.where(on, per_token * mask, torch.zeros_like(per_token))
+    per_seq = per_token.sum(-1) / mask.sum(-1).clamp(min=1.0)
     loss = per_seq.mean()
     r = rewards.detach().double()
     zero_std = (r.max(dim=1).values == r.min(dim=1).values).double().mean().item()

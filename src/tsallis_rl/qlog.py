@@ -28,10 +28,14 @@ def log_q(u: Num, q: float) -> Num:
     q = _check_q(q)
     a = 1.0 - q
     if isinstance(u, torch.Tensor):
+        if q == 0.0:
+            return u - 1.0  # exact at the RL pole
         lu = torch.log(u)
         return lu if a == 0.0 else torch.expm1(a * lu) / a
     if u < 0:
         raise ValueError(f"log_q needs u >= 0, got {u}")
+    if q == 0.0:
+        return float(u) - 1.0
     lu = math.log(u) if u > 0 else -math.inf
     if a == 0.0:
         return lu
@@ -57,6 +61,11 @@ def log_q_from_log(log_u: Num, q: float) -> Num:
 def amplification(p: Num, q: float) -> Num:
     """p**-q: the per-example factor that turns the RL gradient (q=0) into the J_Q gradient."""
     q = _check_q(q)
+    if not isinstance(p, torch.Tensor):
+        if p < 0:
+            raise ValueError(f"amplification needs p >= 0, got {p}")
+        if p == 0:
+            return 1.0 if q == 0.0 else math.inf  # Python's 0.0 ** -q raises ZeroDivisionError
     return p ** (-q)
 
 
@@ -70,7 +79,7 @@ def escort(alpha: torch.Tensor, q: float) -> torch.Tensor:
     """Escort minimiser alpha**(1/q) / sum (Thm 3.1), over the last dim; q = 0 gives the mode.
 
     alpha: [..., J] positive frequencies. At q = 0 the mass is split evenly among tied maxima.
-    Computed as softmax(log(alpha) / q), so tiny q does not overflow.
+    Computed as softmax((log(alpha) - max log(alpha)) / q), so tiny q does not overflow.
     """
     q = _check_q(q)
     alpha = torch.as_tensor(alpha)
@@ -78,7 +87,13 @@ def escort(alpha: torch.Tensor, q: float) -> torch.Tensor:
         alpha = alpha.double()
     if (alpha < 0).any():
         raise ValueError("escort needs alpha >= 0")
+    if (alpha.sum(dim=-1) == 0).any():
+        raise ValueError("escort needs at least one alpha > 0 along the last dim")
     if q == 0.0:
         is_max = alpha == alpha.amax(dim=-1, keepdim=True)
         return is_max.to(alpha.dtype) / is_max.sum(dim=-1, keepdim=True)
-    return torch.softmax(torch.log(alpha) / q, dim=-1)
+    log_alpha = torch.log(alpha)
+    # shift by the max before dividing by q: log(alpha) / 1e-300 would be -inf everywhere (NaN softmax)
+    # (in float64: a tiny q would round to 0 in float32 and give 0/0)
+    shifted = (log_alpha - log_alpha.amax(dim=-1, keepdim=True)).double()
+    return torch.softmax(shifted / q, dim=-1).to(alpha.dtype)
