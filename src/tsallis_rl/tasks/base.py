@@ -9,11 +9,18 @@ A task turns data into `Example`s and says how to talk to the model about them:
   - matching: `exact_match` (training reward), `substring_match` (the paper's evaluation),
     `official_metrics` (the benchmark's own metric, e.g. EM/F1).
 Tasks are looked up by name from a registry (`get_task`), never by if/elif chains.
+
+Data loading: `load(path, skip_invalid=False)` reads one file; a malformed file or row raises
+`DataError` naming the file, line and field (with `skip_invalid=True` bad rows are skipped and
+counted in `task.last_skipped`). `splits(path_or_dir, val_size=, test_size=, seed=)` gives the
+train/val/test example lists the trainer uses (see `Task.splits` for the rules).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,15 +58,285 @@ def text_after_think(completion: str) -> str:
     return (tail if sep else completion).strip()
 
 
+# --------------------------------------------------------------------------------------------
+# Reading records (JSON array or JSON Lines) with line numbers, and checking fields
+
+
+def iter_records(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """Yield (line, record) for every record of a JSON Lines file or a JSON array file.
+
+    The format is sniffed from the first non-blank character: `[` = one JSON array (each item's
+    line is where the item starts), anything else = JSON Lines (blank lines skipped). Bad JSON
+    raises DataError with its line; in JSON Lines a bad line is yielded as a DataError instance
+    (so that callers can skip it), in an array the whole file is unusable and it is raised.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(path, None, None, f"not UTF-8 text ({exc})") from None
+    start = len(text) - len(text.lstrip())
+    if start < len(text) and text[start] == "[":
+        yield from _iter_array(path, text, start)
+        return
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield lineno, DataError(path, lineno, None, f"bad JSON: {exc.msg} (column {exc.colno})")
+
+
+def _iter_array(path: Path, text: str, start: int) -> Iterator[tuple[int, Any]]:
+    decoder = json.JSONDecoder()
+    pos, line, counted = start + 1, 1, 0
+
+    def skip_ws(i: int) -> int:
+        while i < len(text) and text[i] in " \t\r\n":
+            i += 1
+        return i
+
+    def line_at(i: int) -> int:
+        nonlocal line, counted
+        line += text.count("\n", counted, i)
+        counted = i
+        return line
+
+    pos = skip_ws(pos)
+    if pos < len(text) and text[pos] == "]":
+        return
+    while True:
+        try:
+            item, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                path, exc.lineno, None, f"bad JSON: {exc.msg} (column {exc.colno})"
+            ) from None
+        yield line_at(pos), item
+        pos = skip_ws(end)
+        if pos < len(text) and text[pos] == ",":
+            pos = skip_ws(pos + 1)
+            continue
+        if pos < len(text) and text[pos] == "]":
+            if text[pos + 1 :].strip():
+                raise DataError(path, line_at(pos), None, "bad JSON: extra data after the array")
+            return
+        raise DataError(path, line_at(min(pos, len(text))), None, "bad JSON: expected ',' or ']'")
+
+
+def get_field(
+    rec: Any,
+    name: str,
+    types: type | tuple[type, ...],
+    path: str | Path,
+    line: int | None,
+    *,
+    nonempty: bool = False,
+    default: Any = ...,
+) -> Any:
+    """`rec[name]`, checked: present (unless a default is given), of `types`, non-empty if asked.
+
+    Dotted names ("qa.question") walk into nested objects. Raises DataError naming the field.
+    """
+    if not isinstance(rec, dict):
+        raise DataError(path, line, None, f"expected a JSON object, got {type(rec).__name__}")
+    cur: Any = rec
+    for part in name.split("."):
+        if not isinstance(cur, dict) or part not in cur or cur[part] is None:
+            if default is not ...:
+                return default
+            raise DataError(path, line, name, "missing")
+        cur = cur[part]
+    if isinstance(cur, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise DataError(path, line, name, "expected " + _type_names(types) + ", got bool")
+    if not isinstance(cur, types):
+        raise DataError(
+            path, line, name, f"expected {_type_names(types)}, got {type(cur).__name__}"
+        )
+    if nonempty and (len(cur) == 0 if not isinstance(cur, str) else not cur.strip()):
+        raise DataError(path, line, name, "empty")
+    return cur
+
+
+def _type_names(types: type | tuple[type, ...]) -> str:
+    ts = types if isinstance(types, tuple) else (types,)
+    names = {
+        str: "string",
+        int: "integer",
+        float: "number",
+        list: "list",
+        dict: "object",
+        bool: "bool",
+    }
+    return " or ".join(names.get(t, t.__name__) for t in ts)
+
+
+def check_unique_ids(examples: list[Example], path: str | Path) -> None:
+    seen: dict[str, int] = {}
+    for i, ex in enumerate(examples):
+        if ex.id in seen:
+            line = ex.meta.get("line")
+            raise DataError(
+                path, line, "id", f"duplicate id {ex.id!r} (also item {seen[ex.id] + 1})"
+            )
+        seen[ex.id] = i
+
+
+SPLIT_NAMES = {
+    "train": ("train",),
+    "val": ("val", "valid", "validation", "dev"),
+    "test": ("test",),
+}
+DATA_SUFFIXES = (".jsonl", ".json")
+
+
+def find_split_files(directory: str | Path) -> dict[str, Path]:
+    """Conventional split files in a directory: a `.json`/`.jsonl` file whose name (without the
+    suffix) is a split name or starts with it followed by `_`, `-` or `.`: `train`, `val` /
+    `valid` / `validation` / `dev`, `test` (e.g. `train.jsonl`, `dev_300.jsonl`,
+    `test_500_simplified.json`). Two candidates for one split is an error."""
+    directory = Path(directory)
+    found: dict[str, Path] = {}
+    for f in sorted(directory.iterdir()):
+        if not f.is_file() or f.suffix not in DATA_SUFFIXES:
+            continue
+        stem = f.name[: -len(f.suffix)].lower()
+        for split, prefixes in SPLIT_NAMES.items():
+            if any(stem == p or stem.startswith((p + "_", p + "-", p + ".")) for p in prefixes):
+                if split in found:
+                    raise DataError(
+                        directory, None, None, f"two {split} files: {found[split].name}, {f.name}"
+                    )
+                found[split] = f
+    return found
+
+
+def split_sizes(n: int, val_size: float | int, test_size: float | int) -> tuple[int, int]:
+    """Resolve split sizes: a float in (0, 1) is a fraction of n (rounded), an int is a count."""
+
+    def resolve(size: float | int, what: str) -> int:
+        if isinstance(size, float) and 0 <= size < 1:
+            return int(round(size * n))
+        if isinstance(size, (int, float)) and size >= 0 and float(size).is_integer():
+            return int(size)
+        raise ValueError(f"{what} must be a fraction in [0, 1) or a count >= 0, got {size!r}")
+
+    v, t = resolve(val_size, "val_size"), resolve(test_size, "test_size")
+    if v + t >= n and n > 0:
+        raise ValueError(f"val_size {v} + test_size {t} leave no training examples out of {n}")
+    return v, t
+
+
+def seeded_split(
+    examples: list[Example], val_size: float | int, test_size: float | int, seed: int
+) -> dict[str, list[Example]]:
+    """Split one list deterministically: a seeded permutation picks test, then val; each split
+    keeps the file order. Same (examples, sizes, seed) -> same splits, on any machine."""
+    n_val, n_test = split_sizes(len(examples), val_size, test_size)
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    test_idx = set(order[:n_test])
+    val_idx = set(order[n_test : n_test + n_val])
+    out: dict[str, list[Example]] = {"train": [], "val": [], "test": []}
+    for i, ex in enumerate(examples):
+        key = "test" if i in test_idx else "val" if i in val_idx else "train"
+        out[key].append(ex)
+    return out
+
+
 class Task:
     """Base class: subclasses set `name` and implement `load`, `build_prompt`, and may override matching."""
 
     name: str = "task"
     #: whether `load` needs a path (False for generated tasks such as the synthetic default)
     needs_path: bool = True
+    #: rows skipped by the last `load(..., skip_invalid=True)`
+    last_skipped: int = 0
 
     def load(self, path: str | Path | None = None, *, skip_invalid: bool = False) -> list[Example]:
         raise NotImplementedError
+
+    def splits(
+        self,
+        path_or_dir: str | Path | None = None,
+        *,
+        val_size: float | int = 0.1,
+        test_size: float | int = 0.1,
+        seed: int = 0,
+        skip_invalid: bool = False,
+    ) -> dict[str, list[Example]]:
+        """{"train", "val", "test"} example lists.
+
+        - a file: loaded, then split by `seeded_split` (seeded permutation; sizes are counts, or
+          fractions of the file when floats in [0, 1)).
+        - a directory: the conventional files of `find_split_files` (train.jsonl, val/dev.jsonl,
+          test.jsonl, also with suffixes such as dev_300.jsonl). A train file is required; a
+          missing val or test split is carved from train with the same seeded rule (val_size /
+          test_size then apply); sizes are ignored for splits that have their own file.
+        `self.last_skipped` ends as the total of skipped rows over the files read.
+        """
+        if path_or_dir is None:
+            raise ValueError(f"task {self.name!r} needs a data file or directory")
+        path = Path(path_or_dir)
+        if path.is_dir():
+            files = find_split_files(path)
+            if "train" not in files:
+                raise DataError(path, None, None, "no train file (train.jsonl, train_*.json, ...)")
+            loaded, skipped = {}, 0
+            for split, f in files.items():
+                loaded[split] = self.load(f, skip_invalid=skip_invalid)
+                skipped += self.last_skipped
+            carve_val = 0 if "val" in loaded else val_size
+            carve_test = 0 if "test" in loaded else test_size
+            parts = seeded_split(loaded["train"], carve_val, carve_test, seed)
+            out = {
+                "train": parts["train"],
+                "val": loaded.get("val", parts["val"]),
+                "test": loaded.get("test", parts["test"]),
+            }
+            self.last_skipped = skipped
+            return out
+        return seeded_split(self.load(path, skip_invalid=skip_invalid), val_size, test_size, seed)
+
+    def load_records(
+        self,
+        path: str | Path,
+        parse: Callable[[Any, Path, int], Example | None],
+        *,
+        skip_invalid: bool = False,
+    ) -> list[Example]:
+        """Shared loop for file-based tasks: `parse(record, path, line)` returns an Example (or None
+        to drop the row silently) and raises DataError on a bad row. Bad rows are raised, or
+        skipped and counted in `self.last_skipped` when `skip_invalid`. Ids must be unique."""
+        path = Path(path)
+        examples: list[Example] = []
+        seen: dict[str, int] = {}
+        skipped = 0
+        for line, rec in iter_records(path):
+            try:
+                if isinstance(rec, DataError):
+                    raise rec
+                ex = parse(rec, path, line)
+                if ex is not None and ex.id in seen:
+                    raise DataError(
+                        path, line, "id", f"duplicate id {ex.id!r} (line {seen[ex.id]})"
+                    )
+            except DataError:
+                if not skip_invalid:
+                    raise
+                skipped += 1
+                continue
+            if ex is not None:
+                ex.meta.setdefault("line", line)
+                seen[ex.id] = line
+                examples.append(ex)
+        self.last_skipped = skipped
+        if not examples and not skipped:
+            raise DataError(path, None, None, "no examples in file")
+        return examples
 
     def build_prompt(self, ex: Example, regime: str = "warm") -> str:
         raise NotImplementedError
