@@ -243,3 +243,26 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     """Read back a JSON Lines file written by `write_records`."""
     with Path(path).open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def contains_words(
+    pred: str, gold: str, normalize: Callable[[str], str] = normalize_answer
+) -> bool:
+    """The relaxed substring match of the paper for text answers: normalised `gold` occurs in
+    normalised `pred` on word boundaries ("no" is in "no it is not", not in "nobody").
+    An empty normalised gold never matches."""
+    g, p = normalize(gold), normalize(pred)
+    return bool(g) and f" {g} " in f" {p} "
+
+
+def contains_number(pred: str, gold: str) -> bool:
+    """The relaxed substring match for numeric answers: `gold` occurs in `pred` (thousands commas
+    removed) and is not part of a longer number ("94" is in "= 94.", not in "1940" or "94.5")."""
+    g, p = gold.strip(), pred.replace(",", "")
+    if not g:
+        return False
+    pattern = r"(?<![\d.])" + re.escape(g) + r"(?!\d|\.\d)"
+    if g.isalpha():
+        pattern = r"\b" + re.escape(g) + r"\b"
+        return re.search(pattern, p, flags=re.IGNORECASE) is not None
+    return re.search(pattern, p) is not None

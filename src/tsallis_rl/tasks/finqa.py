@@ -14,7 +14,8 @@ Matching:
   - `exact_match` (training reward): the prediction, if it is a number (a leading `$` and
     thousands commas are tolerated), canonicalised the same way, equals y*; else the lower-cased,
     space-collapsed text equals y*.
-  - `substring_match` (the paper's evaluation): y* occurs in the prediction (base class).
+  - `substring_match` (the paper's evaluation): y* occurs in the prediction, not as part of a
+    longer number ("94" is found in "= 94." but not in "1940" or "94.5"; yes/no as whole words).
   - `official_metrics`: `exe_acc` - execution accuracy, FinQA's official metric: the prediction,
     when it is a program, executed by `execute_program` on the example's table (else read as a
     number), rounded to 5 decimals, equals `exe_ans`; `num_match` - `metrics.finqa_numeric_match`
@@ -33,7 +34,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tsallis_rl.metrics import finqa_numeric_match
+from tsallis_rl.metrics import contains_number, finqa_numeric_match
 from tsallis_rl.tasks.base import DataError, Example, Task, get_field, register_task
 
 # --------------------------------------------------------------------------------------------
@@ -351,6 +352,9 @@ class FinQATask(Task):
 
     def exact_match(self, pred: str, ex: Example) -> bool:
         return self.normalize(pred) == ex.answer
+
+    def substring_match(self, pred: str, ex: Example) -> bool:
+        return contains_number(pred, ex.answer)
 
     def official_metrics(self, pred: str, ex: Example) -> dict[str, float]:
         exe_ans = ex.meta.get("exe_ans", ex.answer)

@@ -1,0 +1,119 @@
+"""MuSiQue-Ans: multi-hop questions over 20 titled paragraphs (2 to 4 hops).
+
+Loads the official JSON Lines (or a JSON array) with `id`, `question`, `answer`,
+`answer_aliases`, `answerable`, `paragraphs[{idx, title, paragraph_text, is_supporting}]`.
+Context = one line per paragraph, `Title: text`. A file without the `paragraphs` key (labels only,
+e.g. for scoring predictions) loads with an empty context and `meta["has_paragraphs"] = False`;
+a `paragraphs` list that is present but empty is an error. y* = `answer`; `aliases` =
+`answer_aliases`.
+
+Only answerable items are scored: `load` drops items with `answerable: false` (counted in
+`task.last_unanswerable`) unless the task is made with `get_task("musique",
+include_unanswerable=True)`, in which case they load and `official_metrics` returns {} for them.
+
+Matching: `exact_match` = EM over [answer] + aliases (training reward); `substring_match` = any
+normalised gold found in the normalised prediction on word boundaries; `official_metrics` =
+{"em", "f1"} of `metrics.musique_em_f1` (official `evaluate_v1.0.py`: maximum over the answer and
+its aliases).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tsallis_rl.metrics import contains_words, musique_em_f1, normalize_answer
+from tsallis_rl.tasks.base import DataError, Example, Task, get_field, register_task
+from tsallis_rl.tasks.hotpotqa import render_paragraphs
+
+WARM_INSTRUCTION = (
+    "Answer the question using the paragraphs below. Most paragraphs are irrelevant; the answer "
+    "needs a chain of facts from several of them. Think it through step by step, then reply with "
+    "only the final answer."
+)
+WARM_FORMAT = "Answer format: a short span (a name, date, number or phrase) with no explanation."
+
+
+@register_task("musique")
+class MuSiQueTask(Task):
+    """MuSiQue-Ans; options: `include_unanswerable` (default False)."""
+
+    name = "musique"
+    last_unanswerable: int = 0
+
+    def __init__(self, include_unanswerable: bool = False):
+        self.include_unanswerable = bool(include_unanswerable)
+
+    def load(self, path: str | Path | None = None, *, skip_invalid: bool = False) -> list[Example]:
+        if path is None:
+            raise ValueError("musique needs a data file (official MuSiQue JSON Lines)")
+        self.last_unanswerable = 0
+        return self.load_records(path, self._parse, skip_invalid=skip_invalid)
+
+    def _parse(self, rec: Any, path: Path, line: int) -> Example | None:
+        ex_id = get_field(rec, "id", str, path, line, nonempty=True)
+        question = get_field(rec, "question", str, path, line, nonempty=True)
+        answerable = get_field(rec, "answerable", bool, path, line, default=True)
+        answer = get_field(rec, "answer", str, path, line, nonempty=answerable)
+        aliases = get_field(rec, "answer_aliases", list, path, line, default=[])
+        if not all(isinstance(a, str) for a in aliases):
+            raise DataError(path, line, "answer_aliases", "expected a list of strings")
+        has_paragraphs = isinstance(rec, dict) and "paragraphs" in rec
+        context = ""
+        supporting: list[int] = []
+        if has_paragraphs:
+            paras = get_field(rec, "paragraphs", list, path, line, nonempty=True)
+            pairs = []
+            for i, p in enumerate(paras):
+                title = get_field(p, "title", str, path, line, default="")
+                text = get_field(p, "paragraph_text", str, path, line)
+                pairs.append((title, text))
+                if isinstance(p, dict) and p.get("is_supporting"):
+                    supporting.append(int(p.get("idx", i)))
+            if not any(text.strip() for _, text in pairs):
+                raise DataError(path, line, "paragraphs", "empty context")
+            context = render_paragraphs(pairs)
+        if not answerable:
+            self.last_unanswerable += 1
+            if not self.include_unanswerable:
+                return None
+        decomposition = rec.get("question_decomposition") or []
+        return Example(
+            id=ex_id,
+            question=question.strip(),
+            answer=answer.strip(),
+            context=context,
+            aliases=[a.strip() for a in aliases if a.strip()],
+            meta={
+                "answerable": answerable,
+                "has_paragraphs": has_paragraphs,
+                "hops": len(decomposition) if isinstance(decomposition, list) else None,
+                "supporting_idx": supporting,
+            },
+        )
+
+    def build_prompt(self, ex: Example, regime: str = "warm") -> str:
+        if regime == "cold":
+            return f"{ex.context}\n{ex.question}" if ex.context else ex.question
+        if regime != "warm":
+            raise ValueError(f"unknown regime {regime!r}; expected 'warm' or 'cold'")
+        head = f"{WARM_INSTRUCTION}\n\nParagraphs:\n{ex.context}\n\n" if ex.context else ""
+        if not ex.context:
+            head = "Answer the question. Think it through step by step, then reply with only the final answer.\n\n"
+        return f"{head}Question: {ex.question}\n\n{WARM_FORMAT}"
+
+    def instruction_texts(self) -> list[str]:
+        """The warm-only instruction strings (cold prompts must contain none of them)."""
+        return [WARM_INSTRUCTION, WARM_FORMAT, "Paragraphs:", "Question:"]
+
+    def normalize(self, answer: str) -> str:
+        return normalize_answer(answer)
+
+    def substring_match(self, pred: str, ex: Example) -> bool:
+        return any(contains_words(pred, g) for g in [ex.answer, *ex.aliases])
+
+    def official_metrics(self, pred: str, ex: Example) -> dict[str, float]:
+        if not ex.meta.get("answerable", True):
+            return {}
+        em, f1 = musique_em_f1(pred, [ex.answer, *ex.aliases])
+        return {"em": em, "f1": f1}
