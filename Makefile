@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 EXTRAS ?= dev,lora,trl,gym
 
-.PHONY: install run test lint clean
+.PHONY: install run test test-verl lint clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,9 +22,21 @@ run: install
 
 test: install
 	$(PY) -m pytest
+	$(MAKE) test-verl
+
+# verl 0.9 pins transformers<5.11, so its tests run in a second venv (CPU only, about 3.5 min to build)
+VERL_VENV ?= .venv-verl
+$(VERL_VENV)/.installed: pyproject.toml
+	test -x $(VERL_VENV)/bin/python || $(PYTHON) -m venv $(VERL_VENV)
+	$(VERL_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(VERL_VENV)/bin/python -m pip install -q -e ".[dev,verl]"
+	touch $@
+
+test-verl: $(VERL_VENV)/.installed
+	OMP_NUM_THREADS=1 $(VERL_VENV)/bin/python -m pytest tests/test_integrations_verl.py tests/test_export_verl.py
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench examples
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info
+	rm -rf $(VENV) $(VERL_VENV) build dist src/*.egg-info
