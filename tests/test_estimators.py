@@ -215,6 +215,13 @@ EXTREME_ROWS = {
     "all_equal_zero": [0.0] * 5,
     "nearly_equal": [-1.0, -1.0 - 1e-12, -1.0 + 1e-12, -1.0, -1.0],
     "huge_magnitude": [-1e8, -1e8 - 1.0, -1e8 - 3.0, -1e8 - 0.5, -1e8],
+    "huge_magnitude_fractional": [
+        -33333333.3,
+        -33333334.05,
+        -33333333.77,
+        -33333336.1,
+        -33333333.1,
+    ],
     "some_zero_weights": [0.0, -math.inf, -2.0, -math.inf, -700.0],
     "one_nonzero_weight": [-math.inf, -math.inf, -5.0, -math.inf, -math.inf],
 }
@@ -244,8 +251,16 @@ def test_garl_extreme_log_weights_are_finite_and_accurate(name, q):
     out, gr, ga = autograd_grads(garl_loss, r64, a64, q)
     assert_no_nan(out, gr, ga)
     _check_coefficients_against_mpmath(a64, out, q)
+    # PAFT on the same pool: finite, resamples only live weights, attenuation w_bar**(1-q) accurate
+    g = torch.Generator().manual_seed(0)
+    outp, grp, gap = autograd_grads(paft_loss, r64, a64, q, num_samples=7, generator=g)
+    assert_no_nan(outp, grp, gap)
+    assert (outp.extras["counts"][a64 == -math.inf] == 0).all()
+    w_bar = mp_group(a64[0].tolist(), q)[2]
+    ref_atten = float(w_bar ** (1 - mpmath.mpf(q)))
+    assert outp.stats["mean_attenuation"] == pytest.approx(ref_atten, rel=1e-9, abs=1e-290)
     # the same rows as float32 inputs: finite loss and gradient, same float64 coefficients
-    if name != "huge_magnitude" and name != "nearly_equal":  # not representable in float32
+    if not name.startswith("huge") and name != "nearly_equal":  # not representable in float32
         a32, r32 = a64.float(), r64.float()
         out32, gr32, ga32 = autograd_grads(garl_loss, r32, a32, q)
         assert_no_nan(out32, gr32, ga32)
