@@ -722,3 +722,12 @@ def test_grpo_bad_arguments_raise():
     nan_r[0, 0] = float("nan")
     with pytest.raises(ValueError, match="rewards has NaN"):
         grpo_loss(token_logp, mask, nan_r)
+    nan_t = token_logp.clone()
+    nan_t[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="token_logp has NaN"):
+        grpo_loss(nan_t, mask, rewards)
+    with pytest.raises(ValueError, match="old_token_logp has NaN"):
+        grpo_loss(token_logp, mask, rewards, old_token_logp=nan_t)
+    nan_t[0, 1, 4] = float("nan")  # a padded position (mask[0, 1, 3:] = 0) may hold anything
+    nan_t[0, 0, 0] = 0.0
+    assert torch.isfinite(grpo_loss(nan_t, mask, rewards).loss)

@@ -430,6 +430,9 @@ def grpo_loss(
         raise ValueError("rewards has NaN entries")
     mask = token_mask.to(token_logp.dtype)
     on = mask != 0
+    for name, t in (("token_logp", token_logp), ("old_token_logp", old_token_logp)):
+        if t is not None and torch.isnan(t.detach()[on]).any():
+            raise ValueError(f"{name} has NaN entries at unmasked tokens")
     adv64 = group_advantages(rewards, scale_rewards=scale_rewards)
     adv = adv64.to(token_logp.dtype)[:, :, None]
     old = token_logp.detach() if old_token_logp is None else old_token_logp.detach()
