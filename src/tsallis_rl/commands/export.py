@@ -1,0 +1,185 @@
+"""`tsallis-rl export verl`: a task's splits as verl parquet files plus a verl reward function.
+
+    tsallis-rl export verl --task jsonl --data qa.jsonl --regime cold --out data/qa_cold
+    tsallis-rl export verl --task finqa --data ../shared/data/finqa --regime warm --out data/finqa
+
+writes into OUT:
+    train.parquet, val.parquet, test.parquet   verl's RL format, one row per example:
+        data_source  the task name (verl groups validation metrics by it)
+        prompt       [{"role": "user", "content": task.build_prompt(ex, regime)}]  (chat messages;
+                     verl applies the model's chat template, Qwen3 opens the <think> block itself)
+        ability      "reasoning"
+        reward_model {"style": "rule", "ground_truth": task.target(ex)}
+        extra_info   {"split", "index", "id", "task", "regime", "example": the Example as JSON}
+    reward_fn.py     `compute_score(data_source, solution_str, ground_truth, extra_info)`: this
+                     project's matching (exact match by default; see tsallis_rl.integrations.verl)
+    export.json      the resolved settings and row counts
+and prints the verl config lines that use them. Empty splits are not written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from tsallis_rl.tasks import REGIMES, Example, Task, get_task
+
+FORMATS = ("verl",)
+SPLITS = ("train", "val", "test")
+ABILITY = "reasoning"
+
+REWARD_FN = '''"""verl reward function written by `tsallis-rl export verl` (task {task!r}, regime {regime!r}).
+
+    reward.custom_reward_function.path={path}
+    reward.custom_reward_function.name=compute_score
+    # optional, the paper's evaluation match instead of exact match:
+    # +reward.custom_reward_function.reward_kwargs.match=substring
+"""
+
+from tsallis_rl.integrations.verl import compute_score
+
+__all__ = ["compute_score"]
+'''
+
+
+def _size(text: str) -> float | int:
+    """A split size: a fraction in [0, 1) or a count."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction or a count, got {text!r}") from None
+    if value < 0 or (value >= 1 and not value.is_integer()):
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1) or a count, got {text!r}")
+    return int(value) if value >= 1 or text.strip().isdigit() else value
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="write a task's data in another engine's format (verl)",
+        description="Write a task's train/val/test splits in another RL engine's format.",
+    )
+    fmt = parser.add_subparsers(dest="format", metavar="FORMAT", required=True)
+    p = fmt.add_parser(
+        "verl",
+        help="verl parquet files + a compute_score reward function",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--task", required=True, help="task name: finqa, hotpotqa, musique, jsonl, rg:..."
+    )
+    p.add_argument("--data", default=None, help="data file or directory (tasks that read files)")
+    p.add_argument("--regime", choices=REGIMES, default="warm", help="prompt regime (default warm)")
+    p.add_argument("--out", required=True, help="output directory (created)")
+    p.add_argument("--val-size", type=_size, default=None, help="val split carved from train")
+    p.add_argument("--test-size", type=_size, default=None, help="test split carved from train")
+    p.add_argument("--seed", type=int, default=None, help="seed of the split (task default)")
+    p.add_argument("--skip-invalid", action="store_true", help="skip malformed rows (counted)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.set_defaults(func=run)
+
+
+def verl_row(task: Task, task_name: str, ex: Example, regime: str, split: str, i: int) -> dict:
+    """One example as a row of verl's RL parquet format."""
+    return {
+        "data_source": task_name,
+        "prompt": [{"role": "user", "content": task.build_prompt(ex, regime)}],
+        "ability": ABILITY,
+        "reward_model": {"style": "rule", "ground_truth": task.target(ex)},
+        "extra_info": {
+            "split": split,
+            "index": i,
+            "id": ex.id,
+            "task": task_name,
+            "regime": regime,
+            "example": json.dumps(asdict(ex), ensure_ascii=False, default=str),
+        },
+    }
+
+
+def export_verl(
+    task_name: str,
+    data: str | Path | None,
+    regime: str,
+    out: str | Path,
+    *,
+    val_size: float | int | None = None,
+    test_size: float | int | None = None,
+    seed: int | None = None,
+    skip_invalid: bool = False,
+) -> dict[str, Any]:
+    """Write OUT/{train,val,test}.parquet, OUT/reward_fn.py and OUT/export.json; return the manifest."""
+    import pandas as pd
+
+    if regime not in REGIMES:
+        raise ValueError(f"unknown regime {regime!r}; expected one of {REGIMES}")
+    task = get_task(task_name)
+    if data is None and getattr(task, "needs_path", True):
+        raise ValueError(f"task {task_name!r} reads files: pass --data FILE_OR_DIR")
+    kwargs: dict[str, Any] = {"skip_invalid": skip_invalid}
+    for key, value in (("val_size", val_size), ("test_size", test_size), ("seed", seed)):
+        if value is not None:
+            kwargs[key] = value
+    splits = task.splits(data, **kwargs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+    files: dict[str, str] = {}
+    for split in SPLITS:
+        examples = splits.get(split) or []
+        counts[split] = len(examples)
+        if not examples:
+            continue
+        rows = [verl_row(task, task_name, ex, regime, split, i) for i, ex in enumerate(examples)]
+        path = out / f"{split}.parquet"
+        pd.DataFrame(rows).to_parquet(path, index=False)
+        files[split] = str(path.resolve())
+    if not counts["train"]:
+        raise ValueError(f"task {task_name!r} gave no training examples")
+    reward_path = (out / "reward_fn.py").resolve()
+    reward_path.write_text(REWARD_FN.format(task=task_name, regime=regime, path=reward_path))
+    manifest = {
+        "format": "verl",
+        "task": task_name,
+        "data": None if data is None else str(data),
+        "regime": regime,
+        "val_size": val_size,
+        "test_size": test_size,
+        "seed": seed,
+        "skip_invalid": skip_invalid,
+        "skipped_rows": int(getattr(task, "last_skipped", 0) or 0),
+        "counts": counts,
+        "files": files,
+        "reward_fn": str(reward_path),
+    }
+    (out / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def run(args: argparse.Namespace) -> int:
+    m = export_verl(
+        args.task,
+        args.data,
+        args.regime,
+        args.out,
+        val_size=args.val_size,
+        test_size=args.test_size,
+        seed=args.seed,
+        skip_invalid=args.skip_invalid,
+    )
+    c = m["counts"]
+    print(
+        f"wrote {c['train']} train / {c['val']} val / {c['test']} test rows to {args.out}"
+        + (f" ({m['skipped_rows']} malformed rows skipped)" if m["skipped_rows"] else "")
+    )
+    val = m["files"].get("val") or m["files"].get("test") or m["files"]["train"]
+    print("verl config lines:")
+    print(f"  data.train_files={m['files']['train']}")
+    print(f"  data.val_files={val}")
+    print(f"  reward.custom_reward_function.path={m['reward_fn']}")
+    print("  reward.custom_reward_function.name=compute_score")
+    return 0
