@@ -17,6 +17,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -319,3 +320,42 @@ def test_bad_rewards_and_singletons_raise_clear_errors():
         torch.tensor([[0.5, 0.5000001], [0, 0]]), mask, uids, algo()
     )
     assert torch.isfinite(adv).all()
+
+
+def test_recipe_overrides_compose_against_verls_config(tmp_path):
+    """examples/verl/run_garl_qwen3_0.6b.sh: every override exists in verl's config and selects us."""
+    from hydra import compose, initialize_config_dir
+    from verl.utils.config import omega_conf_to_dataclass
+
+    root = Path(__file__).resolve().parents[1]
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python3").write_text('#!/usr/bin/env bash\nshift 2\nprintf "%s\\n" "$@" > "$RECORD"\n')
+    (fake / "python3").chmod(0o755)
+    record = tmp_path / "args.txt"
+    env = {
+        **os.environ,
+        "PATH": f"{fake}:{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        "RECORD": str(record),
+        "TASK": "jsonl",
+        "DATA": str(root / "tests" / "fixtures" / "verl" / "qa.jsonl"),
+        "OUT": str(tmp_path / "data"),
+        "OMP_NUM_THREADS": "1",
+    }
+    script = root / "examples" / "verl" / "run_garl_qwen3_0.6b.sh"
+    run = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    overrides = record.read_text().splitlines()
+    config_dir = Path(verl.__file__).parent / "trainer" / "config"
+    with initialize_config_dir(config_dir=str(config_dir), version_base=None):
+        cfg = compose(config_name="ppo_trainer", overrides=overrides)
+    assert core_algos.get_adv_estimator_fn(cfg.algorithm.adv_estimator) is (
+        tv.compute_garl_outcome_advantage
+    )
+    assert tv.read_config(cfg.algorithm).q == 0.75
+    actor = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
+    assert actor.loss_agg_mode == tv.LOSS_AGG_MODE and actor.policy_loss.loss_mode == "vanilla"
+    assert not actor.use_kl_loss and actor.entropy_coeff == 0 and not cfg.algorithm.use_kl_in_reward
+    assert cfg.actor_rollout_ref.rollout.n == 32
+    assert Path(cfg.reward.custom_reward_function.path).is_file()
+    assert Path(cfg.data.train_files).is_file()

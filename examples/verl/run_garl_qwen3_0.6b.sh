@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# GARL (or PAFT) on Qwen3-0.6B with verl 0.9: one node of 8 GPUs; multi-node at the bottom.
+#
+#   pip install 'tsallis-rl[verl]' vllm          # verl pins transformers<5.11; a GPU venv of its own
+#   bash examples/verl/run_garl_qwen3_0.6b.sh                        # FinQA, cold start, GARL q=0.75
+#   TASK=hotpotqa DATA=../shared/data/hotpotqa REGIME=warm ESTIMATOR=paft Q=0.75 \
+#       bash examples/verl/run_garl_qwen3_0.6b.sh trainer.total_epochs=2     # extra args go to verl
+#
+# The paper's setting (METHOD.md section 5): M = 32 rollouts per prompt, q = 0.75 to escape a cold
+# start, exact-match training reward, 16 validation samples scored by substring match. What differs
+# from the paper here: w_m is the 0/1 sampled reward, not the teacher-forced p(y*|x, z_m), so there
+# is no pathwise term and an all-wrong group gives no gradient (docs/verl.md says why and what it
+# would take); and verl does no budget forcing (a response cut at max_response_length scores 0).
+set -euo pipefail
+
+TASK=${TASK:-finqa}                          # finqa | hotpotqa | musique | jsonl | rg:<spec>
+DATA=${DATA:-../shared/data/finqa}           # file or directory the task reads (none for rg:)
+REGIME=${REGIME:-cold}                       # warm: instructions in the prompt; cold: linearised
+ESTIMATOR=${ESTIMATOR:-garl}                 # garl (Algorithm 1) | paft (Algorithm 2)
+Q=${Q:-0.75}                                 # commitment q in [0, 1]
+MODEL=${MODEL:-Qwen/Qwen3-0.6B}
+OUT=${OUT:-data/verl/${TASK//[:\/]/_}_${REGIME}}
+NNODES=${NNODES:-1}
+GPUS_PER_NODE=${GPUS_PER_NODE:-8}
+PROMPTS_PER_STEP=${PROMPTS_PER_STEP:-64}     # x 32 rollouts = 2048 sequences per step
+MAX_RESPONSE=${MAX_RESPONSE:-4096}           # the paper's FinQA budget (HotPotQA 3072, MuSiQue 2048)
+
+# 1. data: verl parquet (train/val/test) + reward_fn.py with this project's matching
+if [[ ! -f "$OUT/train.parquet" ]]; then
+  if [[ "$TASK" == rg:* ]]; then
+    tsallis-rl export verl --task "$TASK" --regime "$REGIME" --out "$OUT"
+  else
+    tsallis-rl export verl --task "$TASK" --data "$DATA" --regime "$REGIME" --out "$OUT"
+  fi
+fi
+VAL="$OUT/val.parquet"; [[ -f "$VAL" ]] || VAL="$OUT/test.parquet"
+
+# 2. make verl import tsallis_rl.integrations.verl in every process (registers garl and paft).
+#    pip's verl.plugins entry point does the same; the variable makes it explicit. Ray workers on
+#    this node inherit it; on other nodes it travels in the runtime_env set below.
+export VERL_USE_EXTERNAL_MODULES=tsallis_rl.integrations.verl
+
+python3 -m verl.trainer.main_ppo \
+  `# --- the tsallis-specific settings -------------------------------------------------------` \
+  algorithm.adv_estimator="$ESTIMATOR" \
+  +algorithm.tsallis_q="$Q" \
+  `# PAFT only: K resampled rollouts per prompt (default K = M = rollout.n):` \
+  `# +algorithm.tsallis_num_samples=32 +algorithm.tsallis_seed=0` \
+  `# w = the score, which must lie in [0, 1]: no KL penalty folded into the reward` \
+  algorithm.use_kl_in_reward=False \
+  `# seq-mean-token-sum: verl's loss is -(1/N) sum_i A_i log p(response_i), whose gradient is the` \
+  `# core estimator's (token-mean would weight each response by its length)` \
+  actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum \
+  actor_rollout_ref.actor.policy_loss.loss_mode=vanilla \
+  `# the J_Q objective has no KL or entropy term` \
+  actor_rollout_ref.actor.use_kl_loss=False \
+  actor_rollout_ref.actor.entropy_coeff=0 \
+  `# one optimiser step per rollout batch: ratio 1, the estimator exactly (smaller mini-batches are` \
+  `# fine too; the later ones are then slightly off-policy and PPO-clipped)` \
+  actor_rollout_ref.actor.ppo_mini_batch_size="$PROMPTS_PER_STEP" \
+  actor_rollout_ref.actor.ppo_epochs=1 \
+  `# M = 32 rollouts per prompt, sampled at temperature 1 (the estimators assume z ~ p_theta)` \
+  actor_rollout_ref.rollout.n=32 \
+  actor_rollout_ref.rollout.temperature=1.0 \
+  actor_rollout_ref.rollout.top_p=1.0 \
+  actor_rollout_ref.rollout.top_k=-1 \
+  `# reward: exact match on the text after </think> (reward_fn.py written by the export)` \
+  reward.custom_reward_function.path="$OUT/reward_fn.py" \
+  reward.custom_reward_function.name=compute_score \
+  `# validation: 16 samples per prompt; verl logs mean@16 / best@16 / maj@16 of every key the reward` \
+  `# returns: substring_match gives the paper's p@1, p@16 and m@16` \
+  actor_rollout_ref.rollout.val_kwargs.n=16 \
+  actor_rollout_ref.rollout.val_kwargs.do_sample=True \
+  actor_rollout_ref.rollout.val_kwargs.temperature=1.0 \
+  `# --- the usual verl settings ----------------------------------------------------------------` \
+  data.train_files="$OUT/train.parquet" \
+  data.val_files="$VAL" \
+  data.train_batch_size="$PROMPTS_PER_STEP" \
+  data.max_prompt_length=2048 \
+  data.max_response_length="$MAX_RESPONSE" \
+  data.filter_overlong_prompts=True \
+  data.truncation=error \
+  actor_rollout_ref.model.path="$MODEL" \
+  actor_rollout_ref.model.use_remove_padding=True \
+  actor_rollout_ref.model.enable_gradient_checkpointing=True \
+  actor_rollout_ref.actor.optim.lr=1e-6 \
+  actor_rollout_ref.actor.use_dynamic_bsz=True \
+  actor_rollout_ref.actor.ppo_max_token_len_per_gpu=32768 \
+  actor_rollout_ref.rollout.name=vllm \
+  actor_rollout_ref.rollout.tensor_model_parallel_size=1 \
+  actor_rollout_ref.rollout.gpu_memory_utilization=0.6 \
+  trainer.n_gpus_per_node="$GPUS_PER_NODE" \
+  trainer.nnodes="$NNODES" \
+  trainer.logger='[console]' \
+  trainer.project_name=tsallis-rl \
+  trainer.experiment_name="${ESTIMATOR}_q${Q}_${TASK//[:\/]/_}_${REGIME}" \
+  trainer.val_before_train=True \
+  trainer.test_freq=10 \
+  trainer.save_freq=50 \
+  trainer.total_epochs=1 \
+  +ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES=tsallis_rl.integrations.verl \
+  "$@"
+
+# Multi-node (N nodes of 8 GPUs): install the same venv on every node, start Ray, then run this
+# script once, on the head node, with NNODES=N:
+#   head:    ray start --head --port=6379
+#   workers: ray start --address=<head-ip>:6379
+#   head:    NNODES=N PROMPTS_PER_STEP=$((64*N)) bash examples/verl/run_garl_qwen3_0.6b.sh
+# main_ppo joins the running cluster; the runtime_env line above carries VERL_USE_EXTERNAL_MODULES
+# to every worker. The data and reward_fn.py paths must be readable on every node (shared disk).
+# Watch critic/advantages/max: for garl it is the paper's max_m c_m / M**q (Fig. 3), which leaves 0
+# when a cold start escapes.
