@@ -352,6 +352,76 @@ def test_trainer_slices_its_own_process_from_the_gathered_weights(tok, monkeypat
     torch.testing.assert_close(out["tsallis_rationale_coef"], ref.rationale_grad[2:].reshape(-1))
 
 
+DIST_SCRIPT = r"""
+import sys, torch, torch.distributed as dist
+from datasets import Dataset
+from tsallis_rl.integrations.trl import TsallisGRPOConfig, TsallisGRPOTrainer
+from tsallis_rl.tiny import build_char_tokenizer, build_tiny_causal_lm
+tok = build_char_tokenizer()
+P, A, M = ["12+34=?", "50-17=?", "77+11=?"], ["46", "33", "88"], 4
+args = TsallisGRPOConfig(output_dir=sys.argv[2], per_device_train_batch_size=6, num_generations=M,
+    max_completion_length=6, use_cpu=True, bf16=False, report_to="none", save_strategy="no",
+    gradient_checkpointing=False, seed=0, disable_tqdm=True, tsallis_weight="answer_likelihood", tsallis_q=0.75)
+model = build_tiny_causal_lm(len(tok), hidden_size=32, num_layers=2, num_heads=2, seed=0)
+tr = TsallisGRPOTrainer(model, reward_funcs=lambda completions, **k: [0.0] * len(completions), args=args,
+    train_dataset=Dataset.from_dict({"prompt": P, "answer": A}), processing_class=tok)
+rank, world = tr.accelerator.process_index, tr.accelerator.num_processes
+full = [{"prompt": p, "answer": a} for p, a in zip(P, A) for _ in range(M)]
+tr.model.train()
+tr.current_gradient_accumulation_steps = 1
+out = tr._generate_and_score_completions(full[rank * 6 : (rank + 1) * 6])  # group 2 straddles ranks
+tr.compute_loss(tr.model, out).backward()
+for p in tr.model.parameters():
+    dist.all_reduce(p.grad)
+    p.grad /= world  # what DDP does
+lengths = out["completion_mask"].sum(1).tolist()
+comps = [r[:n] for r, n in zip(out["completion_ids"].tolist(), lengths)]
+parts = [None] * world
+dist.all_gather_object(parts, comps)
+if rank == 0:
+    grads = {n: p.grad for n, p in tr.model.named_parameters()}
+    torch.save({"comps": [c for part in parts for c in part], "grads": grads, "world": world}, sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_apply_the_single_process_core_gradient(tok, tmp_path):
+    """torchrun with 2 CPU processes (gloo): the DDP-averaged gradient is garl_loss's on all 12 samples."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "dist.py"
+    script.write_text(DIST_SCRIPT)
+    result = tmp_path / "out.pt"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)]
+    proc = subprocess.run(
+        [*cmd, str(result), str(tmp_path / "run")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = torch.load(result)
+    assert saved["world"] == 2
+    comps = saved["comps"]
+    answers = [a for a in ["46", "33", "88"] for _ in range(M)]
+    model = tiny_model(tok, seed=0)
+    prompts = [
+        p for p in ["12+34=?", "50-17=?", "77+11=?"] for _ in range(M)
+    ]  # equal length: no padding
+    prompt_ids = torch.tensor([tok(p)["input_ids"] for p in prompts])
+    seqs, zmask, amask = reference_teacher_forced(tok, comps, answers, tok.eos_token_id)
+    ones = torch.ones_like(prompt_ids)
+    rationale_logp = continuation_logp(model, prompt_ids, ones, seqs, zmask)
+    answer_logp = continuation_logp(model, prompt_ids, ones, seqs, amask)
+    garl_loss(rationale_logp.view(3, M), answer_logp.view(3, M), 0.75).loss.backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(saved["grads"][n], p.grad, atol=1e-5, rtol=1e-4, msg=n)
+
+
 # --------------------------------------------------------------------------------------------------
 # Translation details and errors at the boundary
 
