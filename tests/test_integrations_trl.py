@@ -395,7 +395,15 @@ def test_two_cpu_processes_apply_the_single_process_core_gradient(tok, tmp_path)
     script.write_text(DIST_SCRIPT)
     result = tmp_path / "out.pt"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+    ]
     proc = subprocess.run(
         [*cmd, str(result), str(tmp_path / "run")],
         env=env,
@@ -409,9 +417,8 @@ def test_two_cpu_processes_apply_the_single_process_core_gradient(tok, tmp_path)
     comps = saved["comps"]
     answers = [a for a in ["46", "33", "88"] for _ in range(M)]
     model = tiny_model(tok, seed=0)
-    prompts = [
-        p for p in ["12+34=?", "50-17=?", "77+11=?"] for _ in range(M)
-    ]  # equal length: no padding
+    # equal-length prompts, so no padding
+    prompts = [p for p in ["12+34=?", "50-17=?", "77+11=?"] for _ in range(M)]
     prompt_ids = torch.tensor([tok(p)["input_ids"] for p in prompts])
     seqs, zmask, amask = reference_teacher_forced(tok, comps, answers, tok.eos_token_id)
     ones = torch.ones_like(prompt_ids)
