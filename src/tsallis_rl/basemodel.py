@@ -1,0 +1,145 @@
+"""The default base model: a ~0.45M-parameter Qwen3-style LM pretrained here on warm chain-sum problems.
+
+It is what `tsallis-rl train` (no arguments) adapts to the cold task. Pretraining uses every input
+surface form except the cold one (see tasks/chainsum.py), 2-5 operands, all answered `A:<sum>`.
+Seeded and deterministic; the result is cached (HF `save_pretrained` format, loadable with
+`from_pretrained`) under `cache_dir/<config hash>` and reused by later runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from tsallis_rl.tasks.chainsum import ALPHABET, COLD_FORM, SURFACE_FORMS, warm_document
+from tsallis_rl.tiny import build_char_tokenizer, build_tiny_causal_lm
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class BaseModelConfig:
+    """Architecture and pretraining recipe of the default base model."""
+
+    hidden_size: int = 96
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 256
+    steps: int = 700
+    batch_size: int = 128
+    lr: float = 3e-3
+    min_operands: int = 2
+    max_operands: int = 5
+    seed: int = 0
+    threads: int = 2
+
+    def key(self) -> str:
+        """A short hash of every field (and the format version): the cache directory name."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "threads"}
+        blob = json.dumps({**fields, "v": FORMAT_VERSION}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def default_cache_dir() -> Path:
+    """$TSALLIS_RL_CACHE, else ~/.cache/tsallis-rl."""
+    env = os.environ.get("TSALLIS_RL_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "tsallis-rl"
+
+
+def pretraining_batch(rng: random.Random, cfg: BaseModelConfig) -> list[str]:
+    """`batch_size` warm documents in random non-cold surface forms."""
+    forms = [f for f in SURFACE_FORMS if f != COLD_FORM]
+    docs = []
+    for _ in range(cfg.batch_size):
+        n = rng.randint(cfg.min_operands, cfg.max_operands)
+        ops = [rng.randint(1, 9) for _ in range(n)]
+        docs.append(warm_document(ops, rng.choice(forms)))
+    return docs
+
+
+def pretrain(cfg: BaseModelConfig, out_dir: Path, *, progress: bool = True) -> dict[str, float]:
+    """Train the base model from scratch and save model + tokenizer to `out_dir` (atomically)."""
+    torch.set_num_threads(cfg.threads)
+    tok = build_char_tokenizer(ALPHABET)
+    model = build_tiny_causal_lm(
+        len(tok),
+        hidden_size=cfg.hidden_size,
+        num_layers=cfg.num_layers,
+        num_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        max_positions=256,
+        seed=cfg.seed,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    rng = random.Random(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    warmup = max(1, cfg.steps // 20)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, cfg.steps - warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    tok.padding_side = "right"
+    model.train()
+    start, loss_ema = time.time(), None
+    bar = tqdm(range(cfg.steps), desc="pretrain base model", disable=not progress, leave=False)
+    for _ in bar:
+        docs = [d + tok.eos_token for d in pretraining_batch(rng, cfg)]
+        enc = tok(docs, return_tensors="pt", padding=True)
+        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+        loss = model(**enc, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
+        bar.set_postfix(loss=f"{loss_ema:.3f}")
+    tok.padding_side = "left"
+    model.eval()
+    info = {"final_loss": float(loss_ema or 0.0), "seconds": time.time() - start}
+    info["num_parameters"] = float(sum(p.numel() for p in model.parameters()))
+    _save_atomic(model, tok, out_dir, {"config": dataclasses.asdict(cfg), **info})
+    return info
+
+
+def _save_atomic(model, tok, out_dir: Path, meta: dict) -> None:
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "base_model.json").write_text(json.dumps(meta, indent=2))
+        if out_dir.exists():  # another process finished first: keep theirs (same seed, same bytes)
+            shutil.rmtree(tmp)
+            return
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def ensure_base_model(
+    cfg: BaseModelConfig | None = None, cache_dir: Path | None = None, *, progress: bool = True
+) -> Path:
+    """Path of the cached default base model, pretraining it first if it is not cached yet."""
+    cfg = cfg or BaseModelConfig()
+    path = (cache_dir or default_cache_dir()) / f"chainsum-base-{cfg.key()}"
+    if not (path / "base_model.json").exists():
+        pretrain(cfg, path, progress=progress)
+    return path

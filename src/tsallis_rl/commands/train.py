@@ -1,0 +1,41 @@
+"""`tsallis-rl train`: with no arguments, the CPU cold-start experiment; otherwise any model and task.
+
+    tsallis-rl train                                   # the embedded default (make run)
+    tsallis-rl train --steps 100 --estimators garl:0.75,grpo --out runs/short
+    tsallis-rl train --model Qwen/Qwen3-0.6B --task finqa --data data/finqa --regime cold \\
+        --estimator garl --q 0.75 --num-rollouts 32 --thinking-budget 3968 --answer-budget 128 --lora
+    accelerate launch -m tsallis_rl.cli train --model ... (several GPUs)
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from tsallis_rl.config import add_arguments, from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train with GARL / PAFT / GRPO (no arguments: the CPU cold-start default)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(p)
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tsallis_rl.experiment import run_suite
+
+    cfg = from_args(args)
+    results = run_suite(cfg)
+    print(f"\nwrote {cfg.out}/report.md and {cfg.out}/summary.json")
+    for res in results:
+        test = res.get("test", {})
+        k = cfg.eval_k
+        print(
+            f"  {res['tag']:>14}: test p@1 {test.get('p@1', float('nan')):.3f}  p@{k} {test.get(f'p@{k}', float('nan')):.3f}  m@{k} {test.get(f'm@{k}', float('nan')):.3f}  (best step {res.get('best_step')})"
+        )
+    return 0

@@ -1,0 +1,173 @@
+"""Run a suite of (estimator, q) trainings that share one config, then write the report.
+
+`tsallis-rl train` with no arguments runs the embedded default: the cold-start chain-sum experiment
+(GRPO, GARL q = 0 / 0.75 / 1, PAFT q = 0.75 from the project's own base model). With --model/--task
+it runs the estimators asked for on any HF causal LM and task. Each run lives in OUT/<tag>/; OUT holds
+report.md, summary.json, metrics.jsonl (all runs, tagged), config.yaml and the plots.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from tsallis_rl.config import ConfigError, TrainConfig, run_tag
+from tsallis_rl.estimators import get_estimator_spec
+from tsallis_rl.tasks import Example, Task, get_task
+from tsallis_rl.trainer import Trainer, read_jsonl, write_atomic
+
+
+def resolve_device(cfg: TrainConfig) -> tuple[torch.device, torch.dtype]:
+    """Device and dtype from cfg: auto = CUDA + bf16 when available, else CPU + fp32."""
+    device = torch.device(
+        "cuda"
+        if cfg.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if cfg.device == "auto" else cfg.device)
+    )
+    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    dtype = names.get(cfg.dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    return device, dtype
+
+
+def load_model(
+    cfg: TrainConfig, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.nn.Module, Any]:
+    """The policy and tokenizer: cfg.model, or the cached default base model; LoRA when asked."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if cfg.model is None:
+        from tsallis_rl.basemodel import ensure_base_model
+
+        path: str | Path = ensure_base_model(progress=cfg.progress)
+    else:
+        path = cfg.model
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = True
+    if cfg.lora:
+        from peft import LoraConfig, get_peft_model
+
+        targets = (
+            cfg.lora_targets
+            if cfg.lora_targets == "all-linear"
+            else [t.strip() for t in cfg.lora_targets.split(",")]
+        )
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=cfg.lora_r,
+                lora_alpha=cfg.lora_alpha,
+                target_modules=targets,
+                task_type="CAUSAL_LM",
+            ),
+        )
+    return model, tokenizer
+
+
+def make_splits(task: Task, cfg: TrainConfig) -> dict[str, list[Example]]:
+    """train/val/test examples of the task (seeded), checked before any model is loaded."""
+    if task.needs_path and not cfg.data:
+        raise ConfigError(f"task {cfg.task!r} needs --data (a file or directory)")
+    if cfg.data and not Path(cfg.data).exists():
+        raise ConfigError(f"data: {cfg.data} does not exist")
+    sizes = dict(
+        train_size=cfg.train_size, val_size=cfg.val_size, test_size=cfg.test_size, seed=cfg.seed
+    )
+    accepted = inspect.signature(task.splits).parameters
+    splits = task.splits(cfg.data, **{k: v for k, v in sizes.items() if k in accepted})
+    if cfg.train_size and len(splits["train"]) > cfg.train_size:
+        splits["train"] = splits["train"][: cfg.train_size]
+    if not splits.get("train"):
+        raise ConfigError(f"task {cfg.task!r}: no training examples in {cfg.data}")
+    return splits
+
+
+def prepare_out(cfg: TrainConfig) -> Path:
+    """The run directory; refuses to clobber an existing one unless --resume or --overwrite."""
+    out = Path(cfg.out)
+    if out.exists() and any(out.iterdir()):
+        if cfg.overwrite:
+            if not (out / "config.yaml").exists():
+                raise ConfigError(
+                    f"out: {out} is not a tsallis-rl run directory; refusing to delete it"
+                )
+            shutil.rmtree(out)
+        elif not cfg.resume:
+            raise ConfigError(
+                f"out: {out} already exists; pass --resume to continue it or --overwrite to replace it"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def run_suite(cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Train every (estimator, q) of cfg.runs() and write OUT/report.md, summary.json and plots."""
+    cfg.validate()
+    task = get_task(cfg.task)
+    splits = make_splits(task, cfg)
+    out = prepare_out(cfg)
+    write_atomic(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    torch.set_num_threads(cfg.threads)
+    device, dtype = resolve_device(cfg)
+    accelerator = _maybe_accelerator()
+    results = []
+    for name, q in cfg.runs():
+        spec = get_estimator_spec(name)
+        run_cfg = cfg.for_run(name, q)
+        tag = run_tag(name, run_cfg.q, spec.uses_q)
+        run_dir = out / tag
+        done = run_dir / "final.json"
+        if cfg.resume and done.exists():
+            results.append({"tag": tag, **json.loads(done.read_text())})
+            continue
+        run_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        model, tokenizer = load_model(run_cfg, device, dtype)
+        trainer = Trainer(
+            run_cfg,
+            model=model,
+            tokenizer=tokenizer,
+            task=task,
+            splits=splits,
+            run_dir=run_dir,
+            device=device,
+            accelerator=accelerator,
+        )
+        result = trainer.fit()
+        results.append({"tag": tag, **result})
+        del trainer, model
+    if accelerator is None or accelerator.is_main_process:
+        from tsallis_rl.report import write_report
+
+        write_report(out, cfg, results)
+    return results
+
+
+def _maybe_accelerator() -> Any:
+    """An accelerate.Accelerator when launched with several processes, else None (plain loop)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import Accelerator
+
+    return Accelerator()
+
+
+def combined_metrics(out: Path, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every run's metrics.jsonl records, tagged with their run."""
+    rows = []
+    for res in results:
+        for rec in read_jsonl(out / res["tag"] / "metrics.jsonl"):
+            rows.append({"method": res["tag"], **rec})
+    return rows

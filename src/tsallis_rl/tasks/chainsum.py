@@ -1,0 +1,134 @@
+"""Chain-sum: the synthetic task behind the CPU cold-start default (no data files needed).
+
+Problems are sums of single digits, solved by a chain rationale of running totals:
+
+    warm:  Q:1+6+5+8=?<think>1+6=7;7+5=12;12+8=20</think>A:20<eos>
+    cold:  1 6 5 8<think>1+6=7;7+5=12;12+8=20</think>02<eos>
+
+The warm form (and six other surface forms of the input) is what the base model is pretrained on.
+The cold form is the same problem linearised (no `Q:`, no `=?`, spaces between operands) with a gold
+answer in a form the base model never produces: the digits of the sum reversed, with no `A:`. The
+answer needs the intermediate sums, so the rationale matters. Everything is generated from a seed.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from tsallis_rl.tasks.base import THINK_CLOSE, THINK_OPEN, Example, Task, register_task
+
+ALPHABET = "0123456789+=?:;QA "
+
+# (prefix, separator, suffix) of the input; the cold form is ("", " ", "")
+SURFACE_FORMS = [(p, s, x) for p in ("Q:", "") for s in ("+", " ") for x in ("=?", "")]
+COLD_FORM = ("", " ", "")
+WARM_FORM = ("Q:", "+", "=?")
+
+
+def rationale(operands: list[int]) -> str:
+    """The chain of running totals, e.g. [1, 6, 5, 8] -> '1+6=7;7+5=12;12+8=20'."""
+    steps, total = [], operands[0]
+    for d in operands[1:]:
+        steps.append(f"{total}+{d}={total + d}")
+        total += d
+    return ";".join(steps)
+
+
+def render_input(operands: list[int], form: tuple[str, str, str]) -> str:
+    prefix, sep, suffix = form
+    return prefix + sep.join(str(d) for d in operands) + suffix
+
+
+def warm_document(operands: list[int], form: tuple[str, str, str]) -> str:
+    """One pretraining document: input, rationale in a think block, `A:<sum>` (eos added by caller)."""
+    return f"{render_input(operands, form)}{THINK_OPEN}{rationale(operands)}{THINK_CLOSE}A:{sum(operands)}"
+
+
+@dataclass
+class ChainSumSpec:
+    """Problem sizes: `num_operands` digits in [low, high] per problem."""
+
+    num_operands: int = 4
+    low: int = 1
+    high: int = 9
+
+
+@register_task("chainsum")
+class ChainSumTask(Task):
+    """Sum of single digits with a chain rationale; cold regime answers the reversed sum."""
+
+    name = "chainsum"
+    needs_path = False
+    eval_match = "exact"  # answers are short numbers: substring match would reward '102' for '02'
+
+    def __init__(
+        self, num_operands: int = 4, low: int = 1, high: int = 9, answer_form: str = "reversed"
+    ) -> None:
+        if num_operands < 2 or not (0 <= low <= high <= 9):
+            raise ValueError("chainsum needs num_operands >= 2 and 0 <= low <= high <= 9")
+        if answer_form not in ("reversed", "warm"):
+            raise ValueError(f"answer_form must be 'reversed' or 'warm', got {answer_form!r}")
+        self.spec = ChainSumSpec(num_operands, low, high)
+        self.answer_form = answer_form
+
+    def _problem(self, rng: random.Random) -> list[int]:
+        return [rng.randint(self.spec.low, self.spec.high) for _ in range(self.spec.num_operands)]
+
+    def _example(self, operands: list[int], idx: str) -> Example:
+        total = sum(operands)
+        return Example(
+            id=idx,
+            question=" ".join(map(str, operands)),
+            answer=str(total)[::-1] if self.answer_form == "reversed" else f"A:{total}",
+            meta={"operands": operands, "sum": total, "rationale": rationale(operands)},
+        )
+
+    def load(
+        self,
+        path: str | Path | None = None,
+        *,
+        skip_invalid: bool = False,
+        n: int = 100,
+        seed: int = 0,
+    ) -> list[Example]:
+        """`n` seeded problems (path is ignored: the task is generated)."""
+        rng = random.Random(seed)
+        return [self._example(self._problem(rng), f"chainsum-{seed}-{i}") for i in range(n)]
+
+    def splits(
+        self,
+        path: str | Path | None = None,
+        *,
+        train_size: int = 2000,
+        val_size: int = 50,
+        test_size: int = 200,
+        seed: int = 0,
+    ) -> dict[str, list[Example]]:
+        """Disjoint seeded train/val/test problem sets (no operand tuple appears in two splits)."""
+        rng = random.Random(seed)
+        seen: set[tuple[int, ...]] = set()
+        out: dict[str, list[Example]] = {}
+        for split, size in (("test", test_size), ("val", val_size), ("train", train_size)):
+            items: list[Example] = []
+            while len(items) < size:
+                ops = self._problem(rng)
+                if tuple(ops) in seen and split != "train":
+                    continue
+                if split != "train":
+                    seen.add(tuple(ops))
+                elif tuple(ops) in seen:
+                    continue
+                items.append(self._example(ops, f"{split}-{len(items)}"))
+            out[split] = items
+        return out
+
+    def build_prompt(self, ex: Example, regime: str = "warm") -> str:
+        form = COLD_FORM if regime == "cold" else WARM_FORM
+        return render_input(ex.meta["operands"], form)
+
+    def rationale_correct(self, completion: str, ex: Example) -> bool:
+        """Whether the sampled rationale is the exact chain of running totals."""
+        body = completion.split(THINK_CLOSE)[0]
+        return body.strip() == ex.meta["rationale"]
