@@ -1,0 +1,237 @@
+"""`tsallis-rl train` end to end: bad configs fail early, the suite writes its outputs, resume is exact."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tsallis_rl.cli import main
+from tsallis_rl.config import DEFAULT_SUITE, TrainConfig
+
+SMALL = [
+    "--val-size",
+    "3",
+    "--test-size",
+    "3",
+    "--eval-k",
+    "2",
+    "--batch-size",
+    "2",
+    "--num-rollouts",
+    "3",
+    "--thinking-budget",
+    "8",
+    "--answer-budget",
+    "3",
+    "--threads",
+    "1",
+    "--progress",
+    "false",
+]
+
+
+def _fail_if_model_loaded(monkeypatch):
+    import tsallis_rl.experiment as exp
+
+    def boom(*a, **k):
+        raise AssertionError("a model was loaded before the config was validated")
+
+    monkeypatch.setattr(exp, "load_model", boom)
+    monkeypatch.setattr("tsallis_rl.basemodel.ensure_base_model", boom)
+
+
+@pytest.mark.parametrize(
+    "flags,needle",
+    [
+        (["--q", "1.5"], "q = 1.5"),
+        (["--num-rollouts", "1", "--estimators", "garl:0.5"], "num_rollouts"),
+        (["--thinking-budget", "0"], "thinking_budget"),
+        (["--estimators", "garl:2"], "q = 2.0"),
+        (["--estimators", "nope"], "unknown"),
+        (["--task", "finqa"], "needs --data"),
+        (["--task", "jsonl", "--data", "/nonexistent/file.jsonl"], "does not exist"),
+        (["--q-schedule", "step"], "q_end"),
+    ],
+)
+def test_bad_config_fails_before_any_model_is_loaded(tmp_path, monkeypatch, capsys, flags, needle):
+    _fail_if_model_loaded(monkeypatch)
+    rc = main(["train", "--out", str(tmp_path / "run"), *flags])
+    assert rc == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_yaml_config_unknown_key_and_bad_type_name_the_file_and_key(tmp_path, monkeypatch, capsys):
+    _fail_if_model_loaded(monkeypatch)
+    bad = tmp_path / "c.yaml"
+    bad.write_text("q: 0.5\nlearning_rate: 3\n")
+    assert main(["train", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "learning_rate" in err
+    bad.write_text("steps: many\n")
+    assert main(["train", "--config", str(bad)]) == 2
+    assert "steps" in capsys.readouterr().err
+
+
+def test_existing_run_directory_is_never_overwritten_without_asking(tmp_path, monkeypatch, capsys):
+    _fail_if_model_loaded(monkeypatch)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    assert main(["train", "--out", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train", "--out", str(out), "--overwrite"]) == 2  # not a run dir: refuse to delete
+    assert (out / "notes.txt").read_text() == "precious"
+
+
+def test_default_runs_are_the_cold_start_suite():
+    assert [n for n, _ in TrainConfig().runs()] == [
+        s.split(":")[0] for s in DEFAULT_SUITE.split(",")
+    ]
+    assert TrainConfig(model="x").runs() == [("garl", 0.75)]
+
+
+def test_suite_writes_report_summary_plots_and_loadable_best_models(tmp_path, tiny_model_dir):
+    out = tmp_path / "suite"
+    rc = main(
+        [
+            "train",
+            "--model",
+            str(tiny_model_dir),
+            "--estimators",
+            "grpo,garl:0.75,paft:1",
+            "--steps",
+            "2",
+            "--eval-every",
+            "1",
+            "--out",
+            str(out),
+            *SMALL,
+        ]
+    )
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["method"] for r in summary] == ["grpo", "garl_q0.75", "paft_q1"]
+    for row in summary:
+        assert set(row) == {
+            "method",
+            "q",
+            "test_p@1",
+            "test_p@2",
+            "test_m@2",
+            "best_step",
+            "wall_seconds",
+            "initial_log_p",
+        }
+        assert 0.0 <= row["test_p@1"] <= 1.0 and row["initial_log_p"] < 0
+    for name in (
+        "report.md",
+        "metrics.jsonl",
+        "config.yaml",
+        "val_m_at_k.png",
+        "val_log_p.png",
+        "max_advantage.png",
+    ):
+        assert (out / name).stat().st_size > 0
+    report = (out / "report.md").read_text()
+    assert "| garl_q0.75 | 0.75 |" in report and "What each method did" in report
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(out / "garl_q0.75" / "best")
+
+
+def _run(out: Path, model_dir: Path, *extra: str) -> subprocess.Popen:
+    args = [
+        sys.executable,
+        "-m",
+        "tsallis_rl.cli",
+        "train",
+        "--model",
+        str(model_dir),
+        "--estimators",
+        "garl:0.75",
+        "--steps",
+        "6",
+        "--save-every",
+        "2",
+        "--eval-every",
+        "3",
+        "--out",
+        str(out),
+        *SMALL,
+        *extra,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+
+
+@pytest.mark.slow
+def test_sigkilled_run_resumes_to_the_same_metrics_as_an_uninterrupted_run(
+    tmp_path, tiny_model_dir
+):
+    ref = _run(tmp_path / "ref", tiny_model_dir)
+    assert ref.wait(timeout=600) == 0, ref.stderr.read()
+    killed_dir = tmp_path / "killed"
+    proc = _run(killed_dir, tiny_model_dir)
+    latest = killed_dir / "garl_q0.75" / "checkpoints" / "latest"
+    deadline = time.time() + 600
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed_dir / "garl_q0.75" / "final.json").exists(), (
+        "the run finished before it could be killed"
+    )
+    resumed = _run(killed_dir, tiny_model_dir, "--resume")
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
+
+    def metrics(root):
+        recs = [
+            json.loads(x) for x in (root / "garl_q0.75" / "metrics.jsonl").read_text().splitlines()
+        ]
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in recs]
+
+    assert metrics(killed_dir) == metrics(tmp_path / "ref")
+    final = {
+        k: v
+        for k, v in json.loads((killed_dir / "garl_q0.75" / "final.json").read_text()).items()
+        if k != "wall_seconds"
+    }
+    want = {
+        k: v
+        for k, v in json.loads((tmp_path / "ref" / "garl_q0.75" / "final.json").read_text()).items()
+        if k != "wall_seconds"
+    }
+    assert final == want
+
+
+def test_base_model_is_built_once_and_loads_with_from_pretrained(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tsallis_rl.basemodel import BaseModelConfig, ensure_base_model
+
+    cfg = BaseModelConfig(
+        hidden_size=16,
+        num_layers=1,
+        num_heads=2,
+        intermediate_size=32,
+        steps=3,
+        batch_size=4,
+        threads=1,
+    )
+    path = ensure_base_model(cfg, tmp_path, progress=False)
+    stamp = (path / "base_model.json").stat().st_mtime_ns
+    assert ensure_base_model(cfg, tmp_path, progress=False) == path
+    assert (path / "base_model.json").stat().st_mtime_ns == stamp  # cached, not rebuilt
+    AutoModelForCausalLM.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    assert tok.decode(tok("1 2<think>3</think>")["input_ids"]) == "1 2<think>3</think>"
