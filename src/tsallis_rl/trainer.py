@@ -280,7 +280,7 @@ class Trainer:
         self.accelerator = accelerator
         self.spec = get_estimator_spec(cfg.estimator)
         self.enc = Encoder.build(tokenizer, task, cfg)
-        self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed)  # rollout sampling
+        self.gen = torch.Generator(device=device).manual_seed(cfg.seed)  # rollout sampling
         self.resample_gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)  # PAFT draws
         params = [p for p in model.parameters() if p.requires_grad]
         optimizers = {
@@ -444,7 +444,7 @@ class Trainer:
         cfg, k = self.cfg, self.cfg.eval_k
         policy = self.policy if model is None else model
         examples = self.splits[split]
-        gen = torch.Generator(device="cpu").manual_seed(
+        gen = torch.Generator(device=self.device).manual_seed(
             cfg.seed * 7919
             + (self.step if step is None else step)
             + (0 if split == "val" else 1_000_000)
