@@ -121,7 +121,11 @@ class TrainConfig:
     device: str = _opt("auto", "device: auto, cpu, cuda, cuda:N")
     micro_batch: int = _opt(64, "sequences per forward pass when computing log-probs")
     gen_batch_size: int = _opt(256, "sequences sampled at once")
-    threads: int = _opt(2, "CPU threads for torch")
+    threads: int = _opt(2, "CPU threads for torch (split between --workers)")
+    workers: int = _opt(
+        2,
+        "runs of a suite trained side by side in separate processes (CPU only; tiny models are overhead-bound, so 2 processes x 1 thread beat 1 x 2)",
+    )
     gradient_checkpointing: bool = _opt(False, "trade compute for memory in the training forward")
     # output
     out: str = _opt("runs/default", "run directory")

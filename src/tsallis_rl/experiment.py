@@ -8,9 +8,12 @@ report.md, summary.json, metrics.jsonl (all runs, tagged), config.yaml and the p
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
+import multiprocessing
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -111,46 +114,94 @@ def prepare_out(cfg: TrainConfig) -> Path:
 
 
 def run_suite(cfg: TrainConfig) -> list[dict[str, Any]]:
-    """Train every (estimator, q) of cfg.runs() and write OUT/report.md, summary.json and plots."""
+    """Train every (estimator, q) of cfg.runs() and write OUT/report.md, summary.json and plots.
+
+    On CPU, up to cfg.workers runs train side by side in spawned processes (threads split between
+    them); on GPU or under accelerate they run one after another in this process.
+    """
     cfg.validate()
     task = get_task(cfg.task)
-    splits = make_splits(task, cfg)
+    make_splits(task, cfg)  # fail on bad data before anything is built
     out = prepare_out(cfg)
     write_atomic(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    torch.set_num_threads(cfg.threads)
-    device, dtype = resolve_device(cfg)
+    device, _ = resolve_device(cfg)
     accelerator = _maybe_accelerator()
-    results = []
+    model_path = cfg.model
+    if model_path is None:
+        from tsallis_rl.basemodel import BaseModelConfig, ensure_base_model
+
+        model_path = str(
+            ensure_base_model(BaseModelConfig(threads=cfg.threads), progress=cfg.progress)
+        )
+    jobs = []
     for name, q in cfg.runs():
         spec = get_estimator_spec(name)
         run_cfg = cfg.for_run(name, q)
-        tag = run_tag(name, run_cfg.q, spec.uses_q)
-        run_dir = out / tag
-        done = run_dir / "final.json"
+        jobs.append((run_cfg, run_tag(name, run_cfg.q, spec.uses_q)))
+    results: dict[str, dict[str, Any]] = {}
+    pending = []
+    for run_cfg, tag in jobs:
+        done = out / tag / "final.json"
         if cfg.resume and done.exists():
-            results.append({"tag": tag, **json.loads(done.read_text())})
-            continue
-        run_dir.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(cfg.seed)
-        model, tokenizer = load_model(run_cfg, device, dtype)
-        trainer = Trainer(
-            run_cfg,
-            model=model,
-            tokenizer=tokenizer,
-            task=task,
-            splits=splits,
-            run_dir=run_dir,
-            device=device,
-            accelerator=accelerator,
-        )
-        result = trainer.fit()
-        results.append({"tag": tag, **result})
-        del trainer, model
+            results[tag] = {"tag": tag, **json.loads(done.read_text())}
+        else:
+            pending.append((run_cfg, tag))
+    workers = min(cfg.workers, len(pending)) if device.type == "cpu" and accelerator is None else 1
+    if workers > 1:
+        threads = max(1, cfg.threads // workers)
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            futures = {
+                tag: pool.submit(
+                    train_run, run_cfg.to_dict(), model_path, str(out / tag), threads, i % workers
+                )
+                for i, (run_cfg, tag) in enumerate(pending)
+            }
+            for tag, fut in futures.items():
+                results[tag] = {"tag": tag, **fut.result()}
+    else:
+        for run_cfg, tag in pending:
+            res = train_run(
+                run_cfg.to_dict(), model_path, str(out / tag), cfg.threads, 0, accelerator
+            )
+            results[tag] = {"tag": tag, **res}
+    ordered = [results[tag] for _, tag in jobs]
     if accelerator is None or accelerator.is_main_process:
         from tsallis_rl.report import write_report
 
-        write_report(out, cfg, results)
-    return results
+        write_report(out, cfg, ordered)
+    return ordered
+
+
+def train_run(
+    cfg_dict: dict[str, Any],
+    model_path: str,
+    run_dir: str,
+    threads: int,
+    position: int = 0,
+    accelerator: Any = None,
+) -> dict[str, Any]:
+    """Train one run (picklable entry point for worker processes); returns its final.json content."""
+    cfg = TrainConfig(**cfg_dict)
+    torch.set_num_threads(threads)
+    task = get_task(cfg.task)
+    splits = make_splits(task, cfg)
+    device, dtype = resolve_device(cfg)
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = load_model(dataclasses.replace(cfg, model=model_path), device, dtype)
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(
+        cfg,
+        model=model,
+        tokenizer=tokenizer,
+        task=task,
+        splits=splits,
+        run_dir=Path(run_dir),
+        device=device,
+        accelerator=accelerator,
+        bar_position=position,
+    )
+    return trainer.fit()
 
 
 def _maybe_accelerator() -> Any:

@@ -274,7 +274,9 @@ class Trainer:
         run_dir: Path,
         device: torch.device,
         accelerator: Any = None,
+        bar_position: int = 0,
     ) -> None:
+        self.bar_position = bar_position
         self.cfg, self.model, self.tokenizer, self.task = cfg, model, tokenizer, task
         self.splits, self.run_dir, self.device = splits, Path(run_dir), device
         self.accelerator = accelerator
@@ -586,6 +588,7 @@ class Trainer:
             total=cfg.steps,
             initial=self.step,
             desc=self.run_dir.name,
+            position=self.bar_position,
             disable=not (cfg.progress and self.is_main),
             dynamic_ncols=True,
         )
