@@ -75,6 +75,28 @@ def one_step(
     }  # fmt: skip
 
 
+def compare_generate(model, args, budget: int) -> dict[str, float]:
+    """Our KV-cache sampler vs HF `generate` on the same prompts and length, alternated, 2 rounds each."""
+    model.eval()
+    prompt = torch.randint(0, 150000, (args.prompt_len,)).tolist()
+    ids = torch.tensor([prompt] * args.rollouts, device=DEVICE)
+    times: dict[str, list[float]] = {"ours": [], "hf_generate": []}
+    for _ in range(2):
+        _sync()
+        t0 = time.perf_counter()
+        sample(model, [prompt] * args.rollouts, think_close=[THINK_CLOSE], eos_ids=[EOS], pad_id=EOS, thinking_budget=budget)
+        _sync()
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, max_new_tokens=budget, min_new_tokens=budget, pad_token_id=EOS)
+        _sync()
+        t2 = time.perf_counter()
+        times["ours"].append(t1 - t0)
+        times["hf_generate"].append(t2 - t1)
+    ours, hf = min(times["ours"]), min(times["hf_generate"])
+    return {"budget": budget, "ours_s": ours, "hf_generate_s": hf, "ratio_ours_over_hf": ours / hf}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--budget", type=int, default=2048)
@@ -87,6 +109,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--compare-generate", type=int, default=0, metavar="BUDGET", help="also time HF generate against our sampler at this budget")
     ap.add_argument(
         "--tiny", action="store_true", help="a 2-layer model with a small vocab (CPU smoke test)"
     )
@@ -121,13 +144,16 @@ def main() -> None:
     if DEVICE == "cuda":
         torch.cuda.reset_peak_memory_stats()
     rows = [one_step(model, opt, args, args.budget, cpu_gen, sample_gen) for _ in range(args.steps)]
-    peak = torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else float("nan")
+    peak_train = torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else float("nan")
+    peak = peak_train
     result = {
         "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "torch": torch.__version__,
         "params": n_params, "dtype": str(dtype), "M": args.rollouts, "B": args.prompts, "micro_batch": args.micro_batch,
         "gradient_checkpointing": args.gradient_checkpointing, "warmup": warm, "steps": rows,
         "peak_memory_gib": peak,
     }  # fmt: skip
+    if args.compare_generate:
+        result["sampler_vs_generate"] = compare_generate(model, args, args.compare_generate)
     print(json.dumps(result, indent=2))
     if args.out:
         with open(args.out, "w") as fh:
