@@ -37,11 +37,12 @@ class BaseModelConfig:
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 256
-    steps: int = 700
+    steps: int = 450
     batch_size: int = 128
     lr: float = 3e-3
     min_operands: int = 2
     max_operands: int = 5
+    buckets: int = 2
     seed: int = 0
     threads: int = 2
 
@@ -99,11 +100,9 @@ def pretrain(cfg: BaseModelConfig, out_dir: Path, *, progress: bool = True) -> d
     start, loss_ema = time.time(), None
     bar = tqdm(range(cfg.steps), desc="pretrain base model", disable=not progress, leave=False)
     for _ in bar:
-        docs = [d + tok.eos_token for d in pretraining_batch(rng, cfg)]
-        enc = tok(docs, return_tensors="pt", padding=True)
-        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
-        loss = model(**enc, labels=labels).loss
+        docs = sorted((d + tok.eos_token for d in pretraining_batch(rng, cfg)), key=len)
         opt.zero_grad(set_to_none=True)
+        loss = _bucketed_lm_loss(model, tok, docs, cfg.buckets)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -116,6 +115,26 @@ def pretrain(cfg: BaseModelConfig, out_dir: Path, *, progress: bool = True) -> d
     info["num_parameters"] = float(sum(p.numel() for p in model.parameters()))
     _save_atomic(model, tok, out_dir, {"config": dataclasses.asdict(cfg), **info})
     return info
+
+
+def _bucketed_lm_loss(model, tok, docs: list[str], buckets: int) -> torch.Tensor:
+    """Mean next-token loss over all tokens of `docs` (sorted by length), computed in `buckets`
+    length-homogeneous chunks so that short documents are not padded to the longest one."""
+    encs = [tok(chunk, return_tensors="pt", padding=True) for chunk in _chunks(docs, buckets)]
+    total = sum(int(e["attention_mask"][:, 1:].sum()) for e in encs)
+    loss = torch.zeros(())
+    for enc in encs:
+        logits = model(**enc).logits[:, :-1]
+        target = enc["input_ids"][:, 1:].masked_fill(enc["attention_mask"][:, 1:] == 0, -100)
+        loss = loss + torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1), target.flatten(), ignore_index=-100, reduction="sum"
+        )
+    return loss / total
+
+
+def _chunks(items: list[str], n: int) -> list[list[str]]:
+    size = -(-len(items) // n)
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _save_atomic(model, tok, out_dir: Path, meta: dict) -> None:
