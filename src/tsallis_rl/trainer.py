@@ -142,12 +142,14 @@ def apply_gradient(
     rewards: Tensor | None = None,
     backward: Callable[[Tensor], None] = lambda t: t.backward(),
     loss_scale: float = 1.0,
+    skip_zero: bool = True,
 ) -> Any:
     """Accumulate loss_scale * d(estimator loss)/d(params) into .grad; returns the estimator output."""
     if len(rollouts) <= micro_batch:  # one forward with grad
         logp, regions = score(model, rollouts, pad_id=pad_id, micro_batch=len(rollouts))
         out = call(*estimator_inputs(spec, logp, regions, rewards, B, M))
-        if out.loss.requires_grad:
+        no_signal = out.advantages is not None and not out.advantages.any()
+        if out.loss.requires_grad and not (skip_zero and no_signal):
             backward(out.loss * loss_scale)
         return out
     with torch.no_grad():
@@ -160,7 +162,7 @@ def apply_gradient(
     out = call(*leaves, *rest)
     grads = torch.autograd.grad(out.loss, leaves, allow_unused=True)
     grads = [torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads)]
-    if all(not g.any() for g in grads):
+    if skip_zero and all(not g.any() for g in grads):
         return out  # e.g. GRPO with all-equal rewards: exactly zero gradient, skip the passes
     flat = [g.reshape(B * M, *g.shape[2:]) for g in grads]
     for s in range(0, len(rollouts), micro_batch):
@@ -400,6 +402,7 @@ class Trainer:
                 self.model, self.spec, rollouts, B, M, call, pad_id=self.enc.pad_id,
                 micro_batch=cfg.micro_batch, rewards=rewards, backward=self._backward,
                 loss_scale=1.0 / cfg.grad_accum,
+                skip_zero=self.accelerator is None,  # under DDP every rank must run the same backwards
             )  # fmt: skip
             stats = dict(out.stats)
             stats["loss"] = float(out.loss.detach())
@@ -581,6 +584,8 @@ class Trainer:
                 self.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False)
             )
         resumed = cfg.resume and self.load_checkpoint()
+        if not resumed and self.loggers:
+            self.loggers.truncate_after(-1)  # a fresh start (e.g. killed before its first checkpoint)
         mkey = f"m@{cfg.eval_k}"
         if not resumed and cfg.val_size and self.splits.get("val"):
             self._eval_and_log(mkey)  # step 0: the cold-start baseline
