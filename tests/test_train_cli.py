@@ -119,6 +119,7 @@ def test_suite_writes_report_summary_plots_and_loadable_best_models(tmp_path, ti
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert [r["method"] for r in summary] == ["grpo", "garl_q0.75", "paft_q1"]
+    assert [r["q"] for r in summary] == [None, 0.75, 1.0]  # GRPO has no commitment
     for row in summary:
         assert set(row) == {
             "method",
@@ -235,3 +236,99 @@ def test_base_model_is_built_once_and_loads_with_from_pretrained(tmp_path):
     AutoModelForCausalLM.from_pretrained(path)
     tok = AutoTokenizer.from_pretrained(path)
     assert tok.decode(tok("1 2<think>3</think>")["input_ids"]) == "1 2<think>3</think>"
+
+
+def test_lora_run_trains_adapters_resumes_and_saves_a_merged_loadable_model(
+    tmp_path, tiny_model_dir
+):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "lora"
+    flags = [
+        "train",
+        "--model",
+        str(tiny_model_dir),
+        "--estimators",
+        "garl:1",
+        "--lora",
+        "--lora-r",
+        "4",
+        "--steps",
+        "2",
+        "--eval-every",
+        "1",
+        "--save-every",
+        "1",
+        "--out",
+        str(out),
+        *SMALL,
+    ]
+    assert main(flags) == 0
+    ckpt = out / "garl_q1" / "checkpoints"
+    assert (ckpt / (ckpt / "latest").read_text().strip() / "adapter_model.safetensors").exists()
+    best = AutoModelForCausalLM.from_pretrained(out / "garl_q1" / "best")  # merged: a plain model
+    assert not hasattr(best, "peft_config")
+    assert (
+        main(
+            [
+                *flags[: flags.index("--steps") + 1],
+                "3",
+                *flags[flags.index("--steps") + 2 :],
+                "--resume",
+            ]
+        )
+        == 0
+    )
+    steps = [
+        json.loads(x)["step"]
+        for x in (out / "garl_q1" / "metrics.jsonl").read_text().splitlines()
+        if '"train"' in x
+    ]
+    assert steps == [1, 2, 3]
+
+
+def test_eval_command_reports_pass_and_majority_metrics(tmp_path, tiny_model_dir, capsys):
+    rc = main(
+        [
+            "eval",
+            "--model",
+            str(tiny_model_dir),
+            "--task",
+            "chainsum",
+            "--k",
+            "3",
+            "--limit",
+            "4",
+            "--thinking-budget",
+            "6",
+            "--answer-budget",
+            "3",
+            "--out",
+            str(tmp_path / "ev"),
+        ]
+    )
+    assert rc == 0
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert {"p@1", "p@3", "m@3", "log_p_hat"} <= set(summary) and summary["n"] == 4
+    records = (tmp_path / "ev" / "records.jsonl").read_text().splitlines()
+    assert len(records) == 4 and len(json.loads(records[0])["answers"]) == 3
+
+
+def test_chat_template_prompts_open_a_think_block_and_prefix_the_answer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from tsallis_rl.tasks import get_task
+    from tsallis_rl.trainer import Encoder
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.chat_template = "{% for m in messages %}Q:{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}A {% endif %}"
+    task = get_task("chainsum")
+    ex = task.load(n=1)[0]
+    enc = Encoder.build(tok, task, TrainConfig(model="x"))
+    assert enc.chat and enc.answer_prefix == "\n\n"
+    assert enc.prompt_text(ex) == f"Q:{task.build_prompt(ex, 'cold')}A <think>"
+    plain = Encoder.build(tok, task, TrainConfig(model="x", chat_template="off"))
+    assert (
+        plain.prompt_text(ex) == task.build_prompt(ex, "cold") + "<think>"
+        and plain.answer_prefix == ""
+    )

@@ -142,8 +142,9 @@ def run_suite(cfg: TrainConfig) -> list[dict[str, Any]]:
     pending = []
     for run_cfg, tag in jobs:
         done = out / tag / "final.json"
-        if cfg.resume and done.exists():
-            results[tag] = {"tag": tag, **json.loads(done.read_text())}
+        finished = json.loads(done.read_text()) if cfg.resume and done.exists() else None
+        if finished and finished.get("steps", 0) >= run_cfg.steps:  # done; a larger --steps extends it
+            results[tag] = {"tag": tag, **finished}
         else:
             pending.append((run_cfg, tag))
     workers = min(cfg.workers, len(pending)) if device.type == "cpu" and accelerator is None else 1

@@ -638,7 +638,7 @@ class Trainer:
             return {}
         result: dict[str, Any] = {
             "estimator": self.cfg.estimator,
-            "q": self.cfg.q,
+            "q": self.cfg.q if self.spec.uses_q else None,
             "best_step": self.best["step"],
             "steps": self.step,
         }
