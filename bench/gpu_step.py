@@ -84,11 +84,25 @@ def compare_generate(model, args, budget: int) -> dict[str, float]:
     for _ in range(2):
         _sync()
         t0 = time.perf_counter()
-        sample(model, [prompt] * args.rollouts, think_close=[THINK_CLOSE], eos_ids=[EOS], pad_id=EOS, thinking_budget=budget)
+        sample(
+            model,
+            [prompt] * args.rollouts,
+            think_close=[THINK_CLOSE],
+            eos_ids=[EOS],
+            pad_id=EOS,
+            thinking_budget=budget,
+        )
         _sync()
         t1 = time.perf_counter()
         with torch.no_grad():
-            model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, max_new_tokens=budget, min_new_tokens=budget, pad_token_id=EOS)
+            model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=True,
+                max_new_tokens=budget,
+                min_new_tokens=budget,
+                pad_token_id=EOS,
+            )
         _sync()
         t2 = time.perf_counter()
         times["ours"].append(t1 - t0)
@@ -109,7 +123,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--out", default=None)
-    ap.add_argument("--compare-generate", type=int, default=0, metavar="BUDGET", help="also time HF generate against our sampler at this budget")
+    ap.add_argument(
+        "--compare-generate",
+        type=int,
+        default=0,
+        metavar="BUDGET",
+        help="also time HF generate against our sampler at this budget",
+    )
     ap.add_argument(
         "--tiny", action="store_true", help="a 2-layer model with a small vocab (CPU smoke test)"
     )

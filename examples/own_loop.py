@@ -4,16 +4,16 @@ from tsallis_rl import garl_loss
 
 # A toy policy: B prompts, Z possible rationales, a learned answer head per rationale.
 B, Z, M = 4, 50, 16
-prior = torch.zeros(B, Z, requires_grad=True)             # log p(z | x) up to normalisation
-answer = torch.full((B, Z), -12.0, requires_grad=True)    # logit of p(y* | x, z): cold start
+prior = torch.zeros(B, Z, requires_grad=True)  # log p(z | x) up to normalisation
+answer = torch.full((B, Z), -12.0, requires_grad=True)  # logit of p(y* | x, z): cold start
 opt = torch.optim.Adam([prior, answer], lr=0.1)
 for _ in range(200):
     log_prior = torch.log_softmax(prior, dim=-1)
-    z = torch.multinomial(log_prior.exp().detach(), M, replacement=True)        # [B, M] samples
-    rationale_logp = log_prior.gather(1, z)                                       # log p(z_m | x)
-    answer_logp = torch.nn.functional.logsigmoid(answer.gather(1, z))             # log p(y* | x, z_m)
-    loss = garl_loss(rationale_logp, answer_logp, q=0.75).loss                    # J_Q estimator
+    z = torch.multinomial(log_prior.exp().detach(), M, replacement=True)  # [B, M] samples
+    rationale_logp = log_prior.gather(1, z)  # log p(z_m | x)
+    answer_logp = torch.nn.functional.logsigmoid(answer.gather(1, z))  # log p(y* | x, z_m)
+    out = garl_loss(rationale_logp, answer_logp, q=0.75)  # the J_Q gradient estimator
     opt.zero_grad()
-    loss.backward()
+    out.loss.backward()
     opt.step()
-print(f"mean log P-hat {torch.logsumexp(answer_logp.detach(), 1).sub(torch.log(torch.tensor(M))).mean():.2f}")
+print(f"mean log P-hat {out.stats['mean_log_w_bar']:.2f}, max c/M^q {out.stats['max_adv']:.3f}")

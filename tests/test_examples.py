@@ -17,7 +17,12 @@ def test_readme_example_is_examples_own_loop_verbatim():
 
 
 def test_own_loop_example_raises_log_p_from_cold_start():
-    out = subprocess.run([sys.executable, str(ROOT / "examples" / "own_loop.py")], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "own_loop.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     log_p = float(re.search(r"mean log P-hat (-?[\d.]+)", out.stdout).group(1))
     assert log_p > -1.0  # started at about -12

@@ -143,7 +143,8 @@ def run_suite(cfg: TrainConfig) -> list[dict[str, Any]]:
     for run_cfg, tag in jobs:
         done = out / tag / "final.json"
         finished = json.loads(done.read_text()) if cfg.resume and done.exists() else None
-        if finished and finished.get("steps", 0) >= run_cfg.steps:  # done; a larger --steps extends it
+        # a finished run is kept; a larger --steps extends it from its last checkpoint
+        if finished and finished.get("steps", 0) >= run_cfg.steps:
             results[tag] = {"tag": tag, **finished}
         else:
             pending.append((run_cfg, tag))

@@ -584,8 +584,10 @@ class Trainer:
                 self.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False)
             )
         resumed = cfg.resume and self.load_checkpoint()
-        if not resumed and self.loggers:
-            self.loggers.truncate_after(-1)  # a fresh start (e.g. killed before its first checkpoint)
+        if (
+            not resumed and self.loggers
+        ):  # a fresh start (e.g. one killed before its first checkpoint)
+            self.loggers.truncate_after(-1)
         mkey = f"m@{cfg.eval_k}"
         if not resumed and cfg.val_size and self.splits.get("val"):
             self._eval_and_log(mkey)  # step 0: the cold-start baseline
