@@ -402,3 +402,42 @@ def test_trainer_runs_on_a_real_task_format_with_official_metrics(tmp_path):
     assert rc == 0
     final = json.loads((out / "garl_q0.75" / "final.json").read_text())
     assert {"p@1", "p@2", "m@2", "maj_em", "maj_f1"} <= set(final["test"])
+
+
+@pytest.mark.slow
+def test_two_process_launch_trains_one_run_with_one_log(tmp_path, tiny_model_dir):
+    """torchrun with 2 CPU processes (what `accelerate launch` sets up): DDP over gloo, each rank its
+    own prompts, one metrics log and one report written by the main process."""
+    out = tmp_path / "ddp"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    args = [
+        str(torchrun),
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "tsallis_rl.cli",
+        "train",
+        "--model",
+        str(tiny_model_dir),
+        "--estimators",
+        "garl:0.75",
+        "--steps",
+        "2",
+        "--eval-every",
+        "2",
+        "--out",
+        str(out),
+        *SMALL,
+    ]
+    proc = subprocess.run(
+        args,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    recs = [json.loads(x) for x in (out / "garl_q0.75" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs if r["kind"] == "train"] == [1, 2]
+    assert json.loads((out / "summary.json").read_text())[0]["method"] == "garl_q0.75"

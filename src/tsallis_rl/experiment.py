@@ -122,17 +122,25 @@ def run_suite(cfg: TrainConfig) -> list[dict[str, Any]]:
     cfg.validate()
     task = get_task(cfg.task)
     make_splits(task, cfg)  # fail on bad data before anything is built
-    out = prepare_out(cfg)
-    write_atomic(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    accelerator = _maybe_accelerator(cfg)
+    is_main = accelerator is None or accelerator.is_main_process
+    out = Path(cfg.out)
+    if is_main:
+        out = prepare_out(cfg)
+        write_atomic(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     device, _ = resolve_device(cfg)
-    accelerator = _maybe_accelerator()
     model_path = cfg.model
     if model_path is None:
         from tsallis_rl.basemodel import BaseModelConfig, ensure_base_model
 
-        model_path = str(
-            ensure_base_model(BaseModelConfig(threads=cfg.threads), progress=cfg.progress)
-        )
+        base_cfg = BaseModelConfig(threads=cfg.threads)
+        if is_main:  # built once; the other ranks then find it cached
+            ensure_base_model(base_cfg, progress=cfg.progress)
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
+        model_path = str(ensure_base_model(base_cfg, progress=False))
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
     jobs = []
     for name, q in cfg.runs():
         spec = get_estimator_spec(name)
@@ -167,11 +175,12 @@ def run_suite(cfg: TrainConfig) -> list[dict[str, Any]]:
                 run_cfg.to_dict(), model_path, str(out / tag), cfg.threads, 0, accelerator
             )
             results[tag] = {"tag": tag, **res}
+    if not is_main:
+        return []  # rank > 0 under accelerate: the main process reports
     ordered = [results[tag] for _, tag in jobs]
-    if accelerator is None or accelerator.is_main_process:
-        from tsallis_rl.report import write_report
+    from tsallis_rl.report import write_report
 
-        write_report(out, cfg, ordered)
+    write_report(out, cfg, ordered)
     return ordered
 
 
@@ -206,7 +215,7 @@ def train_run(
     return trainer.fit()
 
 
-def _maybe_accelerator() -> Any:
+def _maybe_accelerator(cfg: TrainConfig) -> Any:
     """An accelerate.Accelerator when launched with several processes, else None (plain loop)."""
     import os
 
@@ -214,7 +223,8 @@ def _maybe_accelerator() -> Any:
         return None
     from accelerate import Accelerator
 
-    return Accelerator()
+    device, _ = resolve_device(cfg)
+    return Accelerator(cpu=device.type == "cpu")  # cpu=True selects gloo (MULTI_CPU)
 
 
 def combined_metrics(out: Path, results: list[dict[str, Any]]) -> list[dict[str, Any]]:

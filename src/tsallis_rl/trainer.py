@@ -284,7 +284,8 @@ class Trainer:
         self.accelerator = accelerator
         self.spec = get_estimator_spec(cfg.estimator)
         self.enc = Encoder.build(tokenizer, task, cfg)
-        self.gen = torch.Generator(device=device).manual_seed(cfg.seed)  # rollout sampling
+        rank = accelerator.process_index if accelerator is not None else 0
+        self.gen = torch.Generator(device=device).manual_seed(cfg.seed + 7919 * rank)  # rollouts
         self.resample_gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)  # PAFT draws
         params = [p for p in model.parameters() if p.requires_grad]
         optimizers = {

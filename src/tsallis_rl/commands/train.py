@@ -31,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = from_args(args)
     results = run_suite(cfg)
+    if not results:  # a non-main process of a multi-process launch
+        return 0
     print(f"\nwrote {cfg.out}/report.md and {cfg.out}/summary.json")
     for res in results:
         test = res.get("test", {})
