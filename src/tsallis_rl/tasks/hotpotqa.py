@@ -71,9 +71,26 @@ def render_paragraphs(paragraphs: list[tuple[str, str]]) -> str:
     return "\n".join(f"{title}: {' '.join(text.split())}" for title, text in paragraphs)
 
 
+class ParagraphQATask(Task):
+    """Shared by the paragraph QA tasks: SQuAD-style normalisation, word-boundary substring match."""
+
+    warm_texts: tuple[str, ...] = ()
+
+    def instruction_texts(self) -> list[str]:
+        """The warm-only instruction strings (cold prompts must contain none of them)."""
+        return [*self.warm_texts, "Paragraphs:", "Question:"]
+
+    def normalize(self, answer: str) -> str:
+        return normalize_answer(answer)
+
+    def substring_match(self, pred: str, ex: Example) -> bool:
+        return any(contains_words(pred, g) for g in [ex.answer, *ex.aliases])
+
+
 @register_task("hotpotqa")
-class HotpotQATask(Task):
+class HotpotQATask(ParagraphQATask):
     name = "hotpotqa"
+    warm_texts = (WARM_INSTRUCTION, WARM_FORMAT)
 
     def load(self, path: str | Path | None = None, *, skip_invalid: bool = False) -> list[Example]:
         if path is None:
@@ -109,16 +126,6 @@ class HotpotQATask(Task):
             f"{WARM_INSTRUCTION}\n\nParagraphs:\n{ex.context}\n\nQuestion: {ex.question}\n\n"
             f"{WARM_FORMAT}"
         )
-
-    def instruction_texts(self) -> list[str]:
-        """The warm-only instruction strings (cold prompts must contain none of them)."""
-        return [WARM_INSTRUCTION, WARM_FORMAT, "Paragraphs:", "Question:"]
-
-    def normalize(self, answer: str) -> str:
-        return normalize_answer(answer)
-
-    def substring_match(self, pred: str, ex: Example) -> bool:
-        return any(contains_words(pred, g) for g in [ex.answer, *ex.aliases])
 
     def official_metrics(self, pred: str, ex: Example) -> dict[str, float]:
         em, f1 = hotpotqa_em_f1(pred, ex.answer)

@@ -22,9 +22,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tsallis_rl.metrics import contains_words, musique_em_f1, normalize_answer
-from tsallis_rl.tasks.base import DataError, Example, Task, get_field, register_task
-from tsallis_rl.tasks.hotpotqa import render_paragraphs
+from tsallis_rl.metrics import musique_em_f1
+from tsallis_rl.tasks.base import DataError, Example, get_field, register_task
+from tsallis_rl.tasks.hotpotqa import ParagraphQATask, render_paragraphs
 
 WARM_INSTRUCTION = (
     "Answer the question using the paragraphs below. Most paragraphs are irrelevant; the answer "
@@ -35,10 +35,11 @@ WARM_FORMAT = "Answer format: a short span (a name, date, number or phrase) with
 
 
 @register_task("musique")
-class MuSiQueTask(Task):
+class MuSiQueTask(ParagraphQATask):
     """MuSiQue-Ans; options: `include_unanswerable` (default False)."""
 
     name = "musique"
+    warm_texts = (WARM_INSTRUCTION, WARM_FORMAT)
     last_unanswerable: int = 0
 
     def __init__(self, include_unanswerable: bool = False):
@@ -101,16 +102,6 @@ class MuSiQueTask(Task):
         if not ex.context:
             head = "Answer the question. Think it through step by step, then reply with only the final answer.\n\n"
         return f"{head}Question: {ex.question}\n\n{WARM_FORMAT}"
-
-    def instruction_texts(self) -> list[str]:
-        """The warm-only instruction strings (cold prompts must contain none of them)."""
-        return [WARM_INSTRUCTION, WARM_FORMAT, "Paragraphs:", "Question:"]
-
-    def normalize(self, answer: str) -> str:
-        return normalize_answer(answer)
-
-    def substring_match(self, pred: str, ex: Example) -> bool:
-        return any(contains_words(pred, g) for g in [ex.answer, *ex.aliases])
 
     def official_metrics(self, pred: str, ex: Example) -> dict[str, float]:
         if not ex.meta.get("answerable", True):
