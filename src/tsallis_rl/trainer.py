@@ -608,12 +608,12 @@ class Trainer:
             if self.loggers:
                 self.loggers.log({"kind": "train", "step": self.step, **stats})
             bar.update(1)
-            bar.set_postfix(
-                q=f"{stats['q']:.2f}",
-                logP=f"{stats.get('mean_log_w_bar', float('nan')):.1f}",
-                reward=f"{stats.get('reward', float('nan')):.2f}",
-                loss=f"{stats['loss']:.3g}",
-            )
+            live = {"q": f"{stats['q']:.2f}"} if self.spec.uses_q else {}
+            if "mean_log_w_bar" in stats:  # teacher-forced estimators: batch log P-hat
+                live["logP"] = f"{stats['mean_log_w_bar']:.1f}"
+            if "reward" in stats:  # sampled-answer estimators: exact-match reward
+                live["reward"] = f"{stats['reward']:.2f}"
+            bar.set_postfix(**live, loss=f"{stats['loss']:.3g}")
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.splits.get("val"):
                 self._eval_and_log(mkey)
             if cfg.save_every and self.step % cfg.save_every == 0 and self.is_main:
