@@ -417,7 +417,9 @@ class Trainer:
         )
         self.optimizer.step()
         self.scheduler.step()
-        totals.update(q=q, grad_norm=float(norm), lr=self.scheduler.get_last_lr()[0])
+        totals.update(grad_norm=float(norm), lr=self.scheduler.get_last_lr()[0])
+        if self.spec.uses_q:
+            totals["q"] = q
         return totals
 
     def _estimator_call(self, q: float) -> Callable[..., Any]:
