@@ -441,3 +441,33 @@ def test_two_process_launch_trains_one_run_with_one_log(tmp_path, tiny_model_dir
     recs = [json.loads(x) for x in (out / "garl_q0.75" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs if r["kind"] == "train"] == [1, 2]
     assert json.loads((out / "summary.json").read_text())[0]["method"] == "garl_q0.75"
+
+
+def test_tensorboard_logging_writes_train_and_eval_scalars(tmp_path, tiny_model_dir):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb"
+    rc = main(
+        [
+            "train",
+            "--model",
+            str(tiny_model_dir),
+            "--estimators",
+            "garl:0.75",
+            "--steps",
+            "2",
+            "--eval-every",
+            "1",
+            "--tensorboard",
+            "--out",
+            str(out),
+            *SMALL,
+        ]
+    )
+    assert rc == 0
+    acc = EventAccumulator(str(out / "garl_q0.75" / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/mean_log_w_bar", "eval/log_p_hat", "eval/p@1"} <= tags
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2]

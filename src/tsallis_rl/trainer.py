@@ -216,10 +216,12 @@ class Loggers:
     def __init__(self, run_dir: Path, cfg: TrainConfig, name: str) -> None:
         self.path = run_dir / "metrics.jsonl"
         self.sinks: list[Callable[[dict[str, Any]], None]] = []
+        self.closers: list[Callable[[], Any]] = []
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             tb = SummaryWriter(str(run_dir / "tensorboard"))
+            self.closers.append(tb.close)
             self.sinks.append(
                 lambda rec: [
                     tb.add_scalar(f"{rec['kind']}/{k}", v, rec["step"])
@@ -233,12 +235,18 @@ class Loggers:
             wb = wandb.init(
                 project=cfg.wandb_project, name=name, config=cfg.to_dict(), dir=str(run_dir)
             )
+            self.closers.append(wb.finish)
             self.sinks.append(
                 lambda rec: wb.log(
                     {f"{rec['kind']}/{k}": v for k, v in rec.items() if isinstance(v, float | int)},
                     step=rec["step"],
                 )
             )
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard / W&B sinks."""
+        for close in self.closers:
+            close()
 
     def log(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as fh:
@@ -671,6 +679,8 @@ class Trainer:
         )
         result["initial_log_p"] = first.get("log_p_hat") if first else None
         result["wall_seconds"] = self.elapsed_before + time.time() - self._started
+        if self.loggers:
+            self.loggers.close()
         write_atomic(self.run_dir / "final.json", json.dumps(_json_safe(result), indent=2))
         return result
 
