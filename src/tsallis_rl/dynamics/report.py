@@ -74,11 +74,25 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 
 def _save_fig(fig, path: Path) -> None:
+    """Write `fig` as PNG atomically and close it."""
     import io
+
+    import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     atomic_write_bytes(path, buf.getvalue())
+    plt.close(fig)
+
+
+def _label(ax, title: str, xlabel: str, ylabel: str | None = None, legend_size: int = 7) -> None:
+    """Title, axis labels, a log-friendly grid and a small legend."""
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=legend_size)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -164,13 +178,8 @@ def _escape_plot(res: dict, out: Path) -> None:
             line = ax.loglog(inv, r["ode_time"], "o", ms=4, label=f"q={r['q']} ODE")[0]
             if "exact_time" in r:
                 ax.loglog(inv, r["exact_time"], "-", color=line.get_color(), lw=1)
-        ax.set_title(f"{name}: escape time to P={res['delta']}")
-        ax.set_xlabel("1/p0")
-        ax.set_ylabel("T")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        _label(ax, f"{name}: escape time to P={res['delta']}", "1/p0", "T")
     _save_fig(fig, out / "escape.png")
-    plt.close(fig)
 
 
 def _noise_md(res: dict) -> str:
@@ -234,13 +243,8 @@ def _noise_plot(res: dict, out: Path) -> None:
                 ax.plot([], [], label=f"q={c['q']} (stays 0)")
                 continue
             ax.loglog(c["t"], np.where(pt > 0, pt, np.nan), label=f"q={c['q']}")
-        ax.set_title(f"contamination from a clean start, eps={eps}")
-        ax.set_xlabel("t")
-        ax.set_ylabel("p(noise label)")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        _label(ax, f"contamination from a clean start, eps={eps}", "t", "p(noise label)")
     _save_fig(fig, out / "noise.png")
-    plt.close(fig)
 
 
 def _escort_md(res: dict) -> str:
@@ -291,7 +295,6 @@ def _escort_plot(res: dict, out: Path) -> None:
     ax.set_ylabel("numerical minimiser")
     ax.set_title("escort minimiser: optimiser vs closed form")
     _save_fig(fig, out / "escort.png")
-    plt.close(fig)
 
 
 def _bias_md(res: dict) -> str:
@@ -457,18 +460,10 @@ def _bias_plot(res: dict, out: Path) -> None:
                 ax2.loglog(ms, [x[name]["variance"] for x in pts], mk, label=f"q={b['q']} {name}")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_title(f"||bias|| vs M, P={p:g} (o GARL, x PAFT, line: leading term)")
-        ax.set_xlabel("M")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-        ax2.set_title(f"tr Cov of the estimate vs M, P={p:g}")
-        ax2.set_xlabel("M")
-        ax2.grid(True, which="both", alpha=0.3)
-        ax2.legend(fontsize=6, ncol=2)
+        _label(ax, f"||bias|| vs M, P={p:g} (o GARL, x PAFT, line: leading term)", "M")
+        _label(ax2, f"tr Cov of the estimate vs M, P={p:g}", "M", legend_size=6)
     _save_fig(fig, out / "bias.png")
     _save_fig(fig2, out / "variance.png")
-    plt.close(fig)
-    plt.close(fig2)
 
 
 SECTION_RENDER = {
