@@ -109,7 +109,12 @@ def _sample_batch(
         mask[i, width - len(p) :] = 1
     ids, mask = ids.to(device), mask.to(device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+    try:  # prefill: only the last position's logits are needed
+        res = model(
+            input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1
+        )
+    except TypeError:  # models without logits_to_keep
+        res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
     cache_key = (
         "cache" if "cache" in res.keys() else "past_key_values"
     )  # renamed in transformers 5.2x
