@@ -18,19 +18,7 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random 2-layer Qwen3-style model + char tokenizer over the chain-sum alphabet, saved to disk."""
     from tsallis_rl.tasks.chainsum import ALPHABET
-    from tsallis_rl.tiny import build_char_tokenizer, build_tiny_causal_lm
+    from tsallis_rl.tiny import save_tiny_model
 
     path = tmp_path_factory.mktemp("tiny_model")
-    tok = build_char_tokenizer(ALPHABET)
-    model = build_tiny_causal_lm(
-        len(tok),
-        hidden_size=32,
-        num_layers=2,
-        num_heads=2,
-        seed=0,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return save_tiny_model(path, ALPHABET, hidden_size=32, num_layers=2, num_heads=2, seed=0)

@@ -339,21 +339,16 @@ def test_trainer_runs_on_a_real_task_format_with_official_metrics(tmp_path):
     answers teacher-forced, substring evaluation plus the task's official EM/F1 on majority answers."""
     import string
 
-    from tsallis_rl.tiny import build_char_tokenizer, build_tiny_causal_lm
+    from tsallis_rl.tiny import save_tiny_model
 
-    model_dir = tmp_path / "ascii_model"
-    tok = build_char_tokenizer(string.printable)
-    model = build_tiny_causal_lm(
-        len(tok),
+    model_dir = save_tiny_model(
+        tmp_path / "ascii_model",
+        string.printable,
         hidden_size=32,
         num_layers=1,
         num_heads=2,
         max_positions=4096,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
     )
-    model.save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
     row = json.loads(
         (Path(__file__).parent / "fixtures" / "tasks" / "hotpotqa_hf.jsonl").read_text()
     )
@@ -471,3 +466,26 @@ def test_tensorboard_logging_writes_train_and_eval_scalars(tmp_path, tiny_model_
     tags = set(acc.Tags()["scalars"])
     assert {"train/loss", "train/mean_log_w_bar", "eval/log_p_hat", "eval/p@1"} <= tags
     assert [e.step for e in acc.Scalars("train/loss")] == [1, 2]
+
+
+def test_file_tasks_train_on_every_example_unless_capped(tmp_path):
+    from tsallis_rl.experiment import make_splits
+    from tsallis_rl.tasks import get_task
+
+    data = tmp_path / "qa.jsonl"
+    data.write_text(
+        "".join(json.dumps({"question": f"q{i}?", "answer": str(i)}) + "\n" for i in range(30))
+    )
+    task = get_task("jsonl")
+    full = make_splits(
+        task, TrainConfig(model="x", task="jsonl", data=str(data), val_size=5, test_size=5)
+    )
+    assert len(full["train"]) == 20
+    capped = make_splits(
+        task,
+        TrainConfig(model="x", task="jsonl", data=str(data), val_size=5, test_size=5, train_size=7),
+    )
+    assert len(capped["train"]) == 7
+    assert (
+        len(make_splits(get_task("chainsum"), TrainConfig())["train"]) == 2000
+    )  # the task's default

@@ -52,8 +52,9 @@ class TrainConfig:
         "prompt regime: warm (instructions) or cold (linearised, no format cue)",
         ("warm", "cold"),
     )
-    train_size: int = _opt(
-        2000, "training problems (generated tasks) / cap on training examples (0 = all)"
+    train_size: int | None = _opt(
+        None,
+        "training examples: how many a generated task makes (chainsum: 2000), a cap for file tasks (default: all)",
     )
     val_size: int = _opt(50, "validation examples")
     test_size: int = _opt(200, "test examples")
@@ -172,12 +173,13 @@ class TrainConfig:
             "save_every",
             "val_size",
             "test_size",
-            "train_size",
             "warmup_steps",
             "q_switch_step",
         ):
             if int(getattr(self, name)) < 0:
                 bad(name, "must be >= 0")
+        if self.train_size is not None and self.train_size < 1:
+            bad("train_size", "must be >= 1")
         if self.num_samples is not None and self.num_samples < 1:
             bad("num_samples", "K must be >= 1")
         if self.lr <= 0:
@@ -285,7 +287,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         kind = type(default) if default is not None else None
         if f.name in ("q_end", "q"):
             kind = float
-        if f.name in ("num_samples",):
+        if f.name in ("num_samples", "train_size"):
             kind = int
         if kind is bool:
             parser.add_argument(

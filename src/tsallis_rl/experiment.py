@@ -83,12 +83,12 @@ def make_splits(task: Task, cfg: TrainConfig) -> dict[str, list[Example]]:
         raise ConfigError(f"task {cfg.task!r} needs --data (a file or directory)")
     if cfg.data and not Path(cfg.data).exists():
         raise ConfigError(f"data: {cfg.data} does not exist")
-    sizes = dict(
-        train_size=cfg.train_size, val_size=cfg.val_size, test_size=cfg.test_size, seed=cfg.seed
-    )
+    sizes = dict(val_size=cfg.val_size, test_size=cfg.test_size, seed=cfg.seed)
+    if cfg.train_size is not None:  # otherwise the task's own default (all examples of a file)
+        sizes["train_size"] = cfg.train_size
     accepted = inspect.signature(task.splits).parameters
     splits = task.splits(cfg.data, **{k: v for k, v in sizes.items() if k in accepted})
-    if cfg.train_size and len(splits["train"]) > cfg.train_size:
+    if cfg.train_size is not None and len(splits["train"]) > cfg.train_size:
         splits["train"] = splits["train"][: cfg.train_size]
     if not splits.get("train"):
         raise ConfigError(f"task {cfg.task!r}: no training examples in {cfg.data}")

@@ -7,6 +7,8 @@ Llama-style HF causal LM. Both save/load with `save_pretrained` / `from_pretrain
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
@@ -71,3 +73,15 @@ def build_tiny_causal_lm(
         torch.manual_seed(seed)
         model = builders[arch]()
     return model.float()
+
+
+def save_tiny_model(path: str | Path, alphabet: str = DEFAULT_ALPHABET, **model_kwargs) -> Path:
+    """Build a char tokenizer over `alphabet` and a tiny model for it, save both to `path` (HF format)."""
+    path = Path(path)
+    tok = build_char_tokenizer(alphabet)
+    model = build_tiny_causal_lm(
+        len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **model_kwargs
+    )
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

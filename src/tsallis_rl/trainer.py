@@ -15,6 +15,7 @@ state, written atomically), best/ (HF model + tokenizer, from_pretrained-loadabl
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -122,11 +123,19 @@ def sequence_logps(logp: Tensor, regions: Tensor, B: int, M: int) -> tuple[Tenso
 
 
 def estimator_inputs(spec, logp: Tensor, regions: Tensor, rewards: Tensor | None, B: int, M: int):
-    """The positional inputs the registered estimator consumes, built from scored log-probs."""
+    """The positional inputs the registered estimator consumes, built from scored log-probs.
+
+    The first `n_differentiable(spec)` of them carry the gradient (log-probs); the rest are data.
+    """
     if spec.inputs == "teacher_forced":
         return sequence_logps(logp, regions, B, M)
     mask = (regions > 0).to(logp.dtype)
     return logp.view(B, M, -1), mask.view(B, M, -1), rewards
+
+
+def n_differentiable(spec) -> int:
+    """How many leading estimator inputs are log-probs: (rationale, answer) or (token_logp,)."""
+    return 2 if spec.inputs == "teacher_forced" else 1
 
 
 def apply_gradient(
@@ -154,29 +163,24 @@ def apply_gradient(
         return out
     with torch.no_grad():
         logp, regions = score(model, rollouts, pad_id=pad_id, micro_batch=micro_batch)
-    leaves = [
-        t.detach().requires_grad_(True)
-        for t in estimator_inputs(spec, logp, regions, rewards, B, M)[:2]
-    ]
-    rest = estimator_inputs(spec, logp, regions, rewards, B, M)[2:]
-    out = call(*leaves, *rest)
+    inputs = estimator_inputs(spec, logp, regions, rewards, B, M)
+    k = n_differentiable(spec)
+    leaves = [t.detach().requires_grad_(True) for t in inputs[:k]]
+    out = call(*leaves, *inputs[k:])
     grads = torch.autograd.grad(out.loss, leaves, allow_unused=True)
     grads = [torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads)]
     if skip_zero and all(not g.any() for g in grads):
         return out  # e.g. GRPO with all-equal rewards: exactly zero gradient, skip the passes
-    flat = [g.reshape(B * M, *g.shape[2:]) for g in grads]
+    flat = [g.reshape(B * M, *g.shape[2:]) for g in grads]  # one row per rollout
     for s in range(0, len(rollouts), micro_batch):
         mb_logp, mb_regions = score(
             model, rollouts[s : s + micro_batch], pad_id=pad_id, micro_batch=micro_batch
         )
-        n = mb_logp.shape[0]
-        if spec.inputs == "teacher_forced":
-            rat = (mb_logp * (mb_regions == RATIONALE)).sum(-1)
-            ans = (mb_logp * (mb_regions == ANSWER)).sum(-1)
-            surrogate = (flat[0][s : s + n] * rat).sum() + (flat[1][s : s + n] * ans).sum()
-        else:
-            g = flat[0][s : s + n, : mb_logp.shape[1]]
-            surrogate = (g * mb_logp).sum()
+        n, width = mb_logp.shape
+        mb_inputs = estimator_inputs(spec, mb_logp, mb_regions, None, n, 1)[:k]
+        # token-level gradients beyond this micro-batch's width sit on padding and are zero
+        coefs = [g[s : s + n, ..., :width] if g.dim() > 1 else g[s : s + n] for g in flat]
+        surrogate = sum((c.view_as(x) * x).sum() for c, x in zip(coefs, mb_inputs))
         backward(surrogate * loss_scale)
     return out
 
@@ -431,16 +435,15 @@ class Trainer:
         return totals
 
     def _estimator_call(self, q: float) -> Callable[..., Any]:
+        """The registered estimator with every config option its signature accepts bound."""
         cfg, fn = self.cfg, self.spec.fn
-        options: dict[str, dict[str, Any]] = {
-            "garl": dict(baseline=cfg.baseline, pathwise=cfg.pathwise, normalize=cfg.normalize),
-            "paft": dict(
-                num_samples=cfg.num_samples, generator=self.resample_gen, normalize=cfg.normalize
-            ),
-            "rb_rloo": dict(pathwise=cfg.pathwise),
-            "grpo": dict(clip_eps=cfg.clip_eps, scale_rewards=cfg.scale_rewards),
-        }
-        opts = options.get(self.spec.name, {})
+        available = {
+            "baseline": cfg.baseline, "pathwise": cfg.pathwise, "normalize": cfg.normalize,
+            "num_samples": cfg.num_samples, "generator": self.resample_gen,
+            "clip_eps": cfg.clip_eps, "scale_rewards": cfg.scale_rewards,
+        }  # fmt: skip
+        accepted = inspect.signature(fn).parameters
+        opts = {name: value for name, value in available.items() if name in accepted}
         if self.spec.inputs == "teacher_forced":
             return lambda r, a: fn(r, a, q if self.spec.uses_q else 0.0, **opts)
         return lambda t, m, rw: fn(t, m, rw, **opts)
