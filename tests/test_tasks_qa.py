@@ -255,7 +255,8 @@ def test_splits_from_one_file_and_from_a_directory(tmp_path):
     assert {k: len(v) for k, v in one.items()} == {"train": 10, "val": 5, "test": 5}
     assert sorted(find_split_files(tmp_path)) == ["test", "train"]
     both = task.splits(tmp_path, val_size=4, test_size=0.5, seed=1)
-    assert {k: len(v) for k, v in both.items()} == {"train": 16, "val": 4, "test": 10}
+    # val carved from train; the own test file capped at half of it
+    assert {k: len(v) for k, v in both.items()} == {"train": 16, "val": 4, "test": 5}
     (tmp_path / "dev.jsonl").write_text(json.dumps(rows[0]))
     three = task.splits(tmp_path, val_size=4, seed=1)
     assert {k: len(v) for k, v in three.items()} == {"train": 20, "val": 1, "test": 10}

@@ -109,6 +109,13 @@ class TrainConfig:
     )
     eval_k: int = _opt(16, "samples per example for p@k / m@k")
     eval_temperature: float = _opt(1.0, "sampling temperature for evaluation")
+    match: str = _opt(
+        "default",
+        "matching (metrics.MATCH_MODES): default = the task's exact match as reward and its "
+        "relaxed match (never stricter) for evaluation; paper = the paper's literal definitions "
+        "(reward 1[answer == y*], evaluation 'y* is a substring of the answer')",
+        ("default", "paper"),
+    )
     # model and compute
     lora: bool = _opt(False, "train LoRA adapters (peft) instead of all weights")
     lora_r: int = _opt(16, "LoRA rank")

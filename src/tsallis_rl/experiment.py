@@ -78,7 +78,14 @@ def load_model(
 
 
 def make_splits(task: Task, cfg: TrainConfig) -> dict[str, list[Example]]:
-    """train/val/test examples of the task (seeded), checked before any model is loaded."""
+    """train/val/test examples of the task (seeded), checked before any model is loaded.
+
+    val_size / test_size / train_size go to the task's `splits`; for file tasks they are caps
+    (a seeded subsample of a split that has its own file, see `Task.splits`). A task whose
+    `splits` takes no train_size gets its training split capped here by the same seeded rule.
+    """
+    from tsallis_rl.tasks.base import subsample
+
     if task.needs_path and not cfg.data:
         raise ConfigError(f"task {cfg.task!r} needs --data (a file or directory)")
     if cfg.data and not Path(cfg.data).exists():
@@ -88,8 +95,8 @@ def make_splits(task: Task, cfg: TrainConfig) -> dict[str, list[Example]]:
         sizes["train_size"] = cfg.train_size
     accepted = inspect.signature(task.splits).parameters
     splits = task.splits(cfg.data, **{k: v for k, v in sizes.items() if k in accepted})
-    if cfg.train_size is not None and len(splits["train"]) > cfg.train_size:
-        splits["train"] = splits["train"][: cfg.train_size]
+    if cfg.train_size is not None and "train_size" not in accepted:
+        splits["train"] = subsample(splits["train"], cfg.train_size, cfg.seed, "train")
     if not splits.get("train"):
         raise ConfigError(f"task {cfg.task!r}: no training examples in {cfg.data}")
     return splits

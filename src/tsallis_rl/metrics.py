@@ -13,6 +13,16 @@ Also the benchmarks' own answer metrics, re-implemented from the official rules 
     [answer] + aliases; F1 = 1 when both sides normalise to nothing, 0 when only one does).
   - `finqa_numeric_match(pred, gold)`: answer-level numeric comparison for FinQA (not an official
     metric; the rules are in its docstring).
+
+Match modes (`MATCH_MODES`, `get_match_mode(name)`, `--match`): a named pair of matchers, one the
+training reward and one the evaluation, applied to the extracted answer.
+  - "default": reward = the task's `exact_match`; evaluation = the task's `eval_match` matcher
+    (its relaxed `substring_match`, or `exact_match` for chain-sum). Every task's relaxed match
+    accepts every answer its exact match accepts, so evaluation is never stricter than training.
+  - "paper": the paper's literal definitions, no normalisation: reward = 1[answer == y*],
+    evaluation = "y* is a substring of the answer". Caveat: for chain-sum (short numbers) this
+    credits "102" for "02", which is why the default evaluates chain-sum by exact match.
+`score_samples` records the mode and both matcher names in its summary.
 `write_records(path, records)` writes per-example records as JSON Lines.
 """
 
@@ -24,6 +34,8 @@ import re
 import string
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -180,27 +192,140 @@ def majority_answer(answers: Sequence[str], normalize: Callable[[str], str] = st
     raise AssertionError("unreachable")
 
 
+# --------------------------------------------------------------------------------------------
+# Match modes: which matcher is the training reward and which the evaluation
+
+#: (task, predicted answer, example) -> correct
+Matcher = Callable[[Any, str, Any], bool]
+
+
+def _golds(ex: Any) -> list[str]:
+    return [g.strip() for g in [ex.answer, *getattr(ex, "aliases", [])] if g.strip()]
+
+
+def literal_exact(task: Any, pred: str, ex: Any) -> bool:
+    """The paper's reward read literally: R = 1[y-hat = y*] (answer or an alias), only the
+    surrounding white space stripped."""
+    return pred.strip() in _golds(ex)
+
+
+def literal_substring(task: Any, pred: str, ex: Any) -> bool:
+    """The paper's evaluation read literally: y* (or an alias) is a substring of y-hat."""
+    return any(g in pred for g in _golds(ex))
+
+
+MATCHERS: dict[str, Matcher] = {
+    "exact": lambda task, pred, ex: bool(task.exact_match(pred, ex)),
+    "substring": lambda task, pred, ex: bool(task.substring_match(pred, ex)),
+    "literal_exact": literal_exact,
+    "literal_substring": literal_substring,
+}
+
+
+@dataclass(frozen=True)
+class MatchMode:
+    """A named pair of matchers (keys of MATCHERS): the training reward and the evaluation.
+    `evaluation=None` means the task's own choice, its `eval_match` attribute (default
+    "substring"; chain-sum says "exact")."""
+
+    name: str
+    description: str
+    reward: str
+    evaluation: str | None = None
+
+    def reward_name(self, task: Any) -> str:
+        return self.reward
+
+    def eval_name(self, task: Any) -> str:
+        return self.evaluation or getattr(task, "eval_match", "substring")
+
+    def reward_correct(self, task: Any, pred: str, ex: Any) -> bool:
+        """The training reward (1 = correct) of one extracted answer."""
+        return MATCHERS[self.reward_name(task)](task, pred, ex)
+
+    def eval_correct(self, task: Any, pred: str, ex: Any) -> bool:
+        """Whether one extracted answer counts as correct in evaluation (p@1, p@k, m@k)."""
+        return MATCHERS[self.eval_name(task)](task, pred, ex)
+
+
+MATCH_MODES: dict[str, MatchMode] = {}
+
+
+def register_match_mode(mode: MatchMode) -> MatchMode:
+    """Add a match mode (its matchers must be in MATCHERS)."""
+    for name in (mode.reward, mode.evaluation):
+        if name is not None and name not in MATCHERS:
+            raise ValueError(f"match mode {mode.name!r}: unknown matcher {name!r}")
+    MATCH_MODES[mode.name] = mode
+    return mode
+
+
+register_match_mode(
+    MatchMode(
+        "default",
+        "the project's: reward = the task's exact match (normalised as the task documents); "
+        "evaluation = the task's relaxed match, which accepts every answer the reward accepts",
+        reward="exact",
+    )
+)
+register_match_mode(
+    MatchMode(
+        "paper",
+        "the paper's literal definitions: reward = 1[answer == y*]; evaluation = y* is a "
+        "substring of the answer (for chain-sum this credits '102' for '02')",
+        reward="literal_exact",
+        evaluation="literal_substring",
+    )
+)
+
+
+def get_match_mode(name: str) -> MatchMode:
+    if name not in MATCH_MODES:
+        raise ValueError(f"unknown match mode {name!r}; known: {', '.join(sorted(MATCH_MODES))}")
+    return MATCH_MODES[name]
+
+
+def resolve_match(task: Any, match: str) -> tuple[str, str]:
+    """(reward matcher, evaluation matcher) names for a match mode, or for a bare matcher name
+    (then the evaluation uses it, and the reward is the default mode's)."""
+    if match in MATCH_MODES:
+        mode = MATCH_MODES[match]
+        return mode.reward_name(task), mode.eval_name(task)
+    if match in MATCHERS:
+        return MATCH_MODES["default"].reward_name(task), match
+    known = ", ".join([*sorted(MATCH_MODES), *sorted(MATCHERS)])
+    raise ValueError(f"unknown match {match!r}; known: {known}")
+
+
+# --------------------------------------------------------------------------------------------
+# Aggregation of k samples
+
+
 def score_samples(
     task: Any,
     examples: Sequence[Any],
     samples: Sequence[Sequence[str]],
     *,
-    match: str = "substring",
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    match: str = "default",
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Aggregate k sampled answers per example into p@1 / p@k / m@k (+ the task's official metric).
 
-    samples[i]: the k extracted answers for examples[i]. match: "substring" (the paper's evaluation)
-    or "exact" (the training reward). Returns (summary, per-example records).
+    samples[i]: the k extracted answers for examples[i]. match: a match mode of MATCH_MODES
+    ("default", "paper": its evaluation matcher decides) or a matcher name of MATCHERS
+    ("substring", "exact", ...). Returns (summary, per-example records); the summary says which
+    matching produced its numbers: "match" (as given), "eval_match" and "reward_match" (matcher
+    names). Every other summary value is a float.
     """
     if len(samples) != len(examples):
         raise ValueError(f"got {len(samples)} sample lists for {len(examples)} examples")
-    matcher = task.substring_match if match == "substring" else task.exact_match
+    reward_name, eval_name = resolve_match(task, match)
+    matcher = MATCHERS[eval_name]
     records: list[dict[str, Any]] = []
     totals: dict[str, float] = {}
     k = 0
     for ex, answers in zip(examples, samples):
         k = max(k, len(answers))
-        correct = [bool(matcher(a, ex)) for a in answers]
+        correct = [bool(matcher(task, a, ex)) for a in answers]
         voted = majority_answer(list(answers), task.normalize)
         rec: dict[str, Any] = {
             "id": ex.id,
@@ -210,7 +335,7 @@ def score_samples(
             "majority": voted,
             "p@1": sum(correct) / max(len(correct), 1),
             "p@k": float(any(correct)),
-            "m@k": float(bool(answers) and matcher(voted, ex)),
+            "m@k": float(bool(answers) and matcher(task, voted, ex)),
         }
         official = task.official_metrics(voted, ex) if answers else {}
         for name, value in official.items():
@@ -219,8 +344,11 @@ def score_samples(
         for key in ("p@1", "p@k", "m@k", *(f"maj_{n}" for n in official)):
             totals[key] = totals.get(key, 0.0) + rec[key]
     n = max(len(records), 1)
-    summary = {key.replace("@k", f"@{k}"): value / n for key, value in totals.items()}
+    summary: dict[str, Any] = {
+        key.replace("@k", f"@{k}"): value / n for key, value in totals.items()
+    }
     summary["n"] = float(len(records))
+    summary.update(match=match, eval_match=eval_name, reward_match=reward_name)
     return summary, records
 
 
@@ -255,14 +383,65 @@ def contains_words(
     return bool(g) and f" {g} " in f" {p} "
 
 
-def contains_number(pred: str, gold: str) -> bool:
-    """The relaxed substring match for numeric answers: `gold` occurs in `pred` (thousands commas
-    removed) and is not part of a longer number ("94" is in "= 94.", not in "1940" or "94.5")."""
-    g, p = gold.strip(), pred.replace(",", "")
+_DECIMAL_TOKEN = re.compile(r"(?<![\d.])[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?!\d)")
+_THOUSANDS_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+_ROUNDINGS = (ROUND_HALF_UP, ROUND_HALF_EVEN)
+
+
+def contains_number(
+    pred: str, gold: str, *, decimals: int | None = None, min_significant: int | None = None
+) -> bool:
+    """The relaxed match for numeric answers: some number written in `pred` (thousands commas
+    allowed) equals the number `gold` in value ("94" is in "= 94." and "94.0", not in "1940" or
+    "94.5"; "1940" is in "1,940"). A gold that is a word (yes/no) is matched as a whole word,
+    any other non-numeric gold as literal text not inside a longer number.
+
+    - decimals: gold is a value rounded to this many places, so a number written with more
+      decimals matches when it rounds to gold ("0.561974" for "0.56197" at 5).
+    - min_significant: a number written with fewer decimals than gold matches when gold rounds
+      to it (half-up or half-even) keeping at least this many significant digits ("0.562" for
+      "0.56197" at 3; "0.6" does not).
+    """
+    g = gold.strip()
     if not g:
         return False
-    pattern = r"(?<![\d.])" + re.escape(g) + r"(?!\d|\.\d)"
     if g.isalpha():
-        pattern = r"\b" + re.escape(g) + r"\b"
-        return re.search(pattern, p, flags=re.IGNORECASE) is not None
-    return re.search(pattern, p) is not None
+        return re.search(r"\b" + re.escape(g) + r"\b", pred, flags=re.IGNORECASE) is not None
+    text = _THOUSANDS_COMMA.sub("", pred)
+    target = _decimal(g.replace(",", ""))
+    if target is None or not _DECIMAL_TOKEN.fullmatch(g.replace(",", "")):
+        pattern = r"(?<![\d.])" + re.escape(g) + r"(?!\d|\.\d)"
+        return re.search(pattern, pred.replace(",", "")) is not None
+    gold_places = max(-target.as_tuple().exponent, 0)  # type: ignore[operator]
+    for m in _DECIMAL_TOKEN.finditer(text):
+        value = _decimal(m.group(0))
+        if value is None:
+            continue
+        if value == target:
+            return True
+        written = len(m.group(0).partition(".")[2])
+        if decimals is not None and written > decimals and _rounds_to(value, decimals, target):
+            return True
+        if (
+            min_significant is not None
+            and written < gold_places
+            and target != 0
+            and target.adjusted() + 1 + written >= min_significant
+            and _rounds_to(target, written, value)
+        ):
+            return True
+    return False
+
+
+def _decimal(text: str) -> Decimal | None:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        return None
+    return value if value.is_finite() else None
+
+
+def _rounds_to(value: Decimal, places: int, target: Decimal) -> bool:
+    """Whether `value` rounded to `places` decimals (half-up or half-even) equals `target`."""
+    quantum = Decimal(1).scaleb(-places)
+    return any(value.quantize(quantum, rounding=r) == target for r in _ROUNDINGS)

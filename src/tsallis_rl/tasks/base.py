@@ -6,19 +6,25 @@ A task turns data into `Example`s and says how to talk to the model about them:
   - `target(ex)`: the gold answer string y* that GARL/PAFT teacher-force after `</think>`
     (the trainer appends the tokenizer's end token).
   - `extract_answer(completion)`: the predicted answer in a sampled completion.
-  - matching: `exact_match` (training reward), `substring_match` (the paper's evaluation),
-    `official_metrics` (the benchmark's own metric, e.g. EM/F1).
+  - matching: `exact_match` (training reward), `substring_match` (the relaxed evaluation match,
+    never stricter than `exact_match`), `official_metrics` (the benchmark's own metric, e.g.
+    EM/F1). Which of them train and evaluate is the match mode (`metrics.MATCH_MODES`:
+    "default", or "paper" for the paper's literal definitions).
 Tasks are looked up by name from a registry (`get_task`), never by if/elif chains.
 
-Data loading: `load(path, skip_invalid=False)` reads one file; a malformed file or row raises
-`DataError` naming the file, line and field (with `skip_invalid=True` bad rows are skipped and
-counted in `task.last_skipped`). `splits(path_or_dir, val_size=, test_size=, seed=)` gives the
-train/val/test example lists the trainer uses (see `Task.splits` for the rules).
+Data loading: `load(path, skip_invalid=False)` reads one file through the one shared reader
+`iter_records` (JSON Lines or a JSON array, UTF-8 with an optional BOM, no NaN/Infinity); a
+malformed file or row raises `DataError` naming the file, line and field (with
+`skip_invalid=True` bad rows are skipped and counted in `task.last_skipped`).
+`splits(path_or_dir, train_size=, val_size=, test_size=, seed=)` gives the train/val/test
+example lists the trainer uses; with a directory of split files the sizes are caps (a seeded
+subsample of each file; see `Task.splits` for the rules).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -65,33 +71,69 @@ def text_after_think(completion: str) -> str:
 def iter_records(path: str | Path) -> Iterator[tuple[int, Any]]:
     """Yield (line, record) for every record of a JSON Lines file or a JSON array file.
 
-    The format is sniffed from the first non-blank character: `[` = one JSON array (each item's
-    line is where the item starts), anything else = JSON Lines (blank lines skipped). Bad JSON
-    raises DataError with its line; in JSON Lines a bad line is yielded as a DataError instance
-    (so that callers can skip it), in an array the whole file is unusable and it is raised.
+    The one reader of every file-based task. The text is UTF-8 (a leading BOM is accepted); a
+    file that is not names the line of the first bad byte. The format is sniffed from the first
+    non-blank character: `[` = one JSON array (each item's line is where the item starts),
+    anything else = JSON Lines, split on "\\n" only ("\\r\\n" tolerated; U+2028, U+2029 and U+0085
+    are legal inside JSON strings and do not end a line), blank lines skipped. `NaN`, `Infinity`
+    and numbers that overflow to infinity are not JSON and are rejected. Bad JSON raises
+    DataError with its line; in JSON Lines a bad line is yielded as a DataError instance (so that
+    callers can skip it), in an array the whole file is unusable and it is raised.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(path, None, None, f"not UTF-8 text ({exc})") from None
+    text = _read_utf8(path)
     start = len(text) - len(text.lstrip())
     if start < len(text) and text[start] == "[":
         yield from _iter_array(path, text, start)
         return
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(text.split("\n"), 1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         try:
-            yield lineno, json.loads(line)
+            yield lineno, _DECODER.decode(line)
         except json.JSONDecodeError as exc:
             yield lineno, DataError(path, lineno, None, f"bad JSON: {exc.msg} (column {exc.colno})")
+        except _NotFinite as exc:
+            yield lineno, DataError(path, lineno, None, f"bad JSON: {exc}")
+
+
+class _NotFinite(ValueError):
+    """A NaN / Infinity constant or an overflowing number (Python's json accepts both)."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise _NotFinite(f"{name} is not a JSON value (numbers must be finite)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotFinite(f"number {text} overflows to infinity")
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+def _read_utf8(path: Path) -> str:
+    """The file's text (UTF-8, optional BOM); DataError naming the line of a non-UTF-8 byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        bad = data[exc.start : exc.start + 1].hex()
+        raise DataError(
+            path, line, None, f"not UTF-8 text (byte 0x{bad} at column {column}; save it as UTF-8)"
+        ) from None
 
 
 def _iter_array(path: Path, text: str, start: int) -> Iterator[tuple[int, Any]]:
-    decoder = json.JSONDecoder()
+    decoder = _DECODER
     pos, line, counted = start + 1, 1, 0
 
     def skip_ws(i: int) -> int:
@@ -115,6 +157,8 @@ def _iter_array(path: Path, text: str, start: int) -> Iterator[tuple[int, Any]]:
             raise DataError(
                 path, exc.lineno, None, f"bad JSON: {exc.msg} (column {exc.colno})"
             ) from None
+        except _NotFinite as exc:
+            raise DataError(path, line_at(pos), None, f"bad JSON: {exc}") from None
         yield line_at(pos), item
         pos = skip_ws(end)
         if pos < len(text) and text[pos] == ",":
@@ -191,6 +235,8 @@ SPLIT_NAMES = {
     "test": ("test",),
 }
 DATA_SUFFIXES = (".jsonl", ".json")
+#: val / test fraction carved from a training file when no size is given
+DEFAULT_FRACTION = 0.1
 
 
 def find_split_files(directory: str | Path) -> dict[str, Path]:
@@ -214,20 +260,38 @@ def find_split_files(directory: str | Path) -> dict[str, Path]:
     return found
 
 
-def split_sizes(n: int, val_size: float | int, test_size: float | int) -> tuple[int, int]:
-    """Resolve split sizes: a float in (0, 1) is a fraction of n (rounded), an int is a count."""
-
-    def resolve(size: float | int, what: str) -> int:
-        if isinstance(size, float) and 0 <= size < 1:
-            return int(round(size * n))
-        if isinstance(size, (int, float)) and size >= 0 and float(size).is_integer():
+def resolve_size(n: int, size: float | int, what: str) -> int:
+    """A split size against n examples: a float in [0, 1) is a fraction of n (rounded), an
+    integral number >= 0 is a count."""
+    if isinstance(size, float) and 0 <= size < 1:
+        return int(round(size * n))
+    if isinstance(size, (int, float)) and not isinstance(size, bool) and size >= 0:
+        if float(size).is_integer():
             return int(size)
-        raise ValueError(f"{what} must be a fraction in [0, 1) or a count >= 0, got {size!r}")
+    raise ValueError(f"{what} must be a fraction in [0, 1) or a count >= 0, got {size!r}")
 
-    v, t = resolve(val_size, "val_size"), resolve(test_size, "test_size")
+
+def split_sizes(n: int, val_size: float | int, test_size: float | int) -> tuple[int, int]:
+    """Resolve split sizes carved from n examples (see `resolve_size`); train must keep one."""
+    v, t = resolve_size(n, val_size, "val_size"), resolve_size(n, test_size, "test_size")
     if v + t >= n and n > 0:
         raise ValueError(f"val_size {v} + test_size {t} leave no training examples out of {n}")
     return v, t
+
+
+def subsample(
+    examples: list[Example], size: float | int | None, seed: int, salt: str
+) -> list[Example]:
+    """At most `size` of `examples` (see `resolve_size`; None = all), chosen by a seeded draw
+    that depends only on (seed, salt, len(examples)), returned in file order."""
+    if size is None:
+        return list(examples)
+    n = len(examples)
+    cap = resolve_size(n, size, f"{salt}_size")
+    if cap >= n:
+        return list(examples)
+    keep = sorted(random.Random(f"{seed}/{salt}").sample(range(n), cap))
+    return [examples[i] for i in keep]
 
 
 def seeded_split(
@@ -255,6 +319,9 @@ class Task:
     needs_path: bool = True
     #: rows skipped by the last `load(..., skip_invalid=True)`
     last_skipped: int = 0
+    #: the evaluation matcher of the default match mode (`metrics.MATCH_MODES`); must accept
+    #: every answer `exact_match` (the training reward) accepts
+    eval_match: str = "substring"
 
     def load(self, path: str | Path | None = None, *, skip_invalid: bool = False) -> list[Example]:
         raise NotImplementedError
@@ -263,43 +330,58 @@ class Task:
         self,
         path_or_dir: str | Path | None = None,
         *,
-        val_size: float | int = 0.1,
-        test_size: float | int = 0.1,
+        train_size: float | int | None = None,
+        val_size: float | int | None = None,
+        test_size: float | int | None = None,
         seed: int = 0,
         skip_invalid: bool = False,
     ) -> dict[str, list[Example]]:
-        """{"train", "val", "test"} example lists.
+        """{"train", "val", "test"} example lists; sizes are counts, or fractions when floats in
+        [0, 1); None = the defaults below. Same (data, sizes, seed) -> same splits anywhere.
 
-        - a file: loaded, then split by `seeded_split` (seeded permutation; sizes are counts, or
-          fractions of the file when floats in [0, 1)).
+        - a file: loaded, then split by `seeded_split` (a seeded permutation picks test, then
+          val; None = DEFAULT_FRACTION of the file each).
         - a directory: the conventional files of `find_split_files` (train.jsonl, val/dev.jsonl,
-          test.jsonl, also with suffixes such as dev_300.jsonl). A train file is required; a
-          missing val or test split is carved from train with the same seeded rule (val_size /
-          test_size then apply); sizes are ignored for splits that have their own file.
+          test.jsonl, also with suffixes such as dev_300.jsonl). A train file is required. A
+          split with its own file is capped: val_size / test_size is the most examples taken
+          from it (a seeded subsample, file order kept; a fraction is of that file; None = the
+          whole file), so the paper's sizes can be drawn from larger official files. A missing
+          val or test split is carved from train by `seeded_split` (None = DEFAULT_FRACTION).
+        - train_size caps the training split the same way (seeded subsample; None = all).
         `self.last_skipped` ends as the total of skipped rows over the files read.
         """
         if path_or_dir is None:
             raise ValueError(f"task {self.name!r} needs a data file or directory")
         path = Path(path_or_dir)
-        if path.is_dir():
-            files = find_split_files(path)
-            if "train" not in files:
-                raise DataError(path, None, None, "no train file (train.jsonl, train_*.json, ...)")
-            loaded, skipped = {}, 0
-            for split, f in files.items():
-                loaded[split] = self.load(f, skip_invalid=skip_invalid)
-                skipped += self.last_skipped
-            carve_val = 0 if "val" in loaded else val_size
-            carve_test = 0 if "test" in loaded else test_size
-            parts = seeded_split(loaded["train"], carve_val, carve_test, seed)
-            out = {
-                "train": parts["train"],
-                "val": loaded.get("val", parts["val"]),
-                "test": loaded.get("test", parts["test"]),
-            }
-            self.last_skipped = skipped
-            return out
-        return seeded_split(self.load(path, skip_invalid=skip_invalid), val_size, test_size, seed)
+        if not path.is_dir():
+            parts = seeded_split(
+                self.load(path, skip_invalid=skip_invalid),
+                DEFAULT_FRACTION if val_size is None else val_size,
+                DEFAULT_FRACTION if test_size is None else test_size,
+                seed,
+            )
+            parts["train"] = subsample(parts["train"], train_size, seed, "train")
+            return parts
+        files = find_split_files(path)
+        if "train" not in files:
+            raise DataError(path, None, None, "no train file (train.jsonl, train_*.json, ...)")
+        loaded, skipped = {}, 0
+        for split, f in files.items():
+            loaded[split] = self.load(f, skip_invalid=skip_invalid)
+            skipped += self.last_skipped
+        sizes = {"val": val_size, "test": test_size}
+        carve = {
+            s: 0 if s in loaded else DEFAULT_FRACTION if n is None else n for s, n in sizes.items()
+        }
+        parts = seeded_split(loaded["train"], carve["val"], carve["test"], seed)
+        out = {"train": subsample(parts["train"], train_size, seed, "train")}
+        for split in ("val", "test"):
+            own = split in loaded
+            out[split] = (
+                subsample(loaded[split], sizes[split], seed, split) if own else parts[split]
+            )
+        self.last_skipped = skipped
+        return out
 
     def load_records(
         self,
@@ -356,8 +438,12 @@ class Task:
         return any(self.normalize(pred) == self.normalize(g) for g in golds)
 
     def substring_match(self, pred: str, ex: Example) -> bool:
+        """Relaxed evaluation match: the exact match, or a normalised gold inside the prediction."""
         golds = [ex.answer, *ex.aliases]
-        return any(self.normalize(g) and self.normalize(g) in self.normalize(pred) for g in golds)
+        norm = self.normalize(pred)
+        return self.exact_match(pred, ex) or any(
+            self.normalize(g) and self.normalize(g) in norm for g in golds
+        )
 
     def official_metrics(self, pred: str, ex: Example) -> dict[str, float]:
         return {}

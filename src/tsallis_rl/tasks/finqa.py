@@ -13,9 +13,15 @@ zeros and a trailing "." removed, no exponent, no thousands separators ("94", "1
 Matching:
   - `exact_match` (training reward): the prediction, if it is a number (a leading `$` and
     thousands commas are tolerated), canonicalised the same way, equals y*; else the lower-cased,
-    space-collapsed text equals y*.
-  - `substring_match` (the paper's evaluation): y* occurs in the prediction, not as part of a
-    longer number ("94" is found in "= 94." but not in "1940" or "94.5"; yes/no as whole words).
+    space-collapsed text equals y*. The warm prompt states this form (`answer_format`: rounded to
+    `decimals` places, trailing zeros dropped). The reward stays strict: y* is also what GARL/PAFT
+    teacher-force, and the reward should credit exactly that answer.
+  - `substring_match` (relaxed evaluation, never stricter than the reward): the exact match, or
+    some number in the prediction equal to y* in value ("0.5620" or "0.562." for "0.562",
+    "1940.0" or "1,940" for "1940"; not "1940" for "94" nor "94.5"), or written with more
+    decimals and rounding to y*, or written at lower precision when y* rounds to it keeping at
+    least EVAL_MIN_SIGNIFICANT = 3 significant digits ("0.562" for "0.56197"; "0.6" does not
+    count); yes/no as whole words (`metrics.contains_number`).
   - `official_metrics`: `exe_acc` - execution accuracy, FinQA's official metric: the prediction,
     when it is a program, executed by `execute_program` on the example's table (else read as a
     number), rounded to 5 decimals, equals `exe_ans`; `num_match` - `metrics.finqa_numeric_match`
@@ -254,10 +260,25 @@ WARM_INSTRUCTION = (
     "reply with only the final answer."
 )
 WARM_FORMAT = (
-    "Answer format: a plain decimal number with no units, no % sign and no thousands separators "
-    "(a ratio or percentage change as a fraction, e.g. 0.25 rather than 25%), rounded to at most "
-    "{decimals} decimal places; or yes / no for a yes-or-no question."
+    "Answer format: a plain decimal number {rounding} with trailing zeros dropped (e.g. "
+    "{examples}), with no units, no % sign and no thousands separators (a ratio or percentage "
+    "change as a fraction: 25% is written 0.25); or yes / no for a yes-or-no question."
 )
+#: numbers whose canonical forms illustrate the answer form in the warm prompt
+FORMAT_EXAMPLES = (0.561974, 127.4, 1940)
+#: significant digits an answer written at lower precision must keep to count in evaluation
+EVAL_MIN_SIGNIFICANT = 3
+
+
+def answer_format(decimals: int) -> str:
+    """The warm prompt's answer-format line: exactly the form `canonical_answer` writes y* in."""
+    rounding = (
+        "rounded to a whole number"
+        if decimals == 0
+        else f"rounded to {decimals} decimal place{'s' if decimals > 1 else ''}"
+    )
+    examples = ", ".join(canonical_answer(x, decimals) for x in FORMAT_EXAMPLES)
+    return WARM_FORMAT.format(rounding=rounding, examples=examples)
 
 
 def render_table(table: list[list[str]]) -> str:
@@ -335,14 +356,14 @@ class FinQATask(Task):
             return f"{ex.context}\n{ex.question}"
         if regime != "warm":
             raise ValueError(f"unknown regime {regime!r}; expected 'warm' or 'cold'")
-        fmt = WARM_FORMAT.format(decimals=self.decimals)
+        fmt = answer_format(self.decimals)
         return f"{WARM_INSTRUCTION}\n\nReport:\n{ex.context}\n\nQuestion: {ex.question}\n\n{fmt}"
 
     def instruction_texts(self) -> list[str]:
         """The warm-only instruction strings (cold prompts must contain none of them)."""
         return [
             WARM_INSTRUCTION,
-            WARM_FORMAT.format(decimals=self.decimals),
+            answer_format(self.decimals),
             "Report:",
             "Question:",
         ]
@@ -354,7 +375,11 @@ class FinQATask(Task):
         return self.normalize(pred) == ex.answer
 
     def substring_match(self, pred: str, ex: Example) -> bool:
-        return contains_number(pred, ex.answer)
+        if self.exact_match(pred, ex):
+            return True
+        return contains_number(
+            pred, ex.answer, decimals=self.decimals, min_significant=EVAL_MIN_SIGNIFICANT
+        )
 
     def official_metrics(self, pred: str, ex: Example) -> dict[str, float]:
         exe_ans = ex.meta.get("exe_ans", ex.answer)

@@ -9,8 +9,8 @@ Context = one line per paragraph, `Title: sentence sentence ...` (the sentences 
 original text). y* = the `answer` field as is.
 
 Matching: `exact_match` = official EM (normalised equality, the training reward);
-`substring_match` = normalised gold found in the normalised prediction on word boundaries
-(`metrics.contains_words`); `official_metrics` = {"em", "f1"} of `metrics.hotpotqa_em_f1`
+`substring_match` = the exact match, or the normalised gold found in the normalised prediction
+on word boundaries (`metrics.contains_words`); `official_metrics` = {"em", "f1"} of `metrics.hotpotqa_em_f1`
 (official `hotpot_evaluate_v1.py` rules, with the yes/no/noanswer F1 rule).
 """
 
@@ -84,7 +84,8 @@ class ParagraphQATask(Task):
         return normalize_answer(answer)
 
     def substring_match(self, pred: str, ex: Example) -> bool:
-        return any(contains_words(pred, g) for g in [ex.answer, *ex.aliases])
+        golds = [ex.answer, *ex.aliases]
+        return self.exact_match(pred, ex) or any(contains_words(pred, g) for g in golds)
 
 
 @register_task("hotpotqa")

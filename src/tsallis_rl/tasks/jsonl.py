@@ -6,8 +6,8 @@ integer; default `<file stem>-<line>`), optional `aliases` (list of strings, als
 correct). Anything else on a row is kept in `meta`.
 
 Matching: `exact_match` = equality after collapsing white space (the training reward, strict);
-`substring_match` = the gold (or an alias) occurs in the prediction on word boundaries, after
-SQuAD normalisation; `official_metrics` = {"em", "f1"}: SQuAD EM/F1, maximum over answer and
+`substring_match` = the exact match, or the gold (or an alias) occurs in the prediction on word
+boundaries after SQuAD normalisation (so it is never stricter than the reward); `official_metrics` = {"em", "f1"}: SQuAD EM/F1, maximum over answer and
 aliases (`metrics.musique_em_f1`).
 """
 
@@ -75,7 +75,8 @@ class JsonlTask(Task):
         return [WARM_INSTRUCTION, WARM_INSTRUCTION_CTX, WARM_FORMAT, "Context:", "Question:"]
 
     def substring_match(self, pred: str, ex: Example) -> bool:
-        return any(contains_words(pred, g) for g in [ex.answer, *ex.aliases])
+        golds = [ex.answer, *ex.aliases]
+        return self.exact_match(pred, ex) or any(contains_words(pred, g) for g in golds)
 
     def official_metrics(self, pred: str, ex: Example) -> dict[str, float]:
         em, f1 = musique_em_f1(pred, [ex.answer, *ex.aliases])

@@ -11,8 +11,8 @@ Only answerable items are scored: `load` drops items with `answerable: false` (c
 `task.last_unanswerable`) unless the task is made with `get_task("musique",
 include_unanswerable=True)`, in which case they load and `official_metrics` returns {} for them.
 
-Matching: `exact_match` = EM over [answer] + aliases (training reward); `substring_match` = any
-normalised gold found in the normalised prediction on word boundaries; `official_metrics` =
+Matching: `exact_match` = EM over [answer] + aliases (training reward); `substring_match` = the
+exact match or any normalised gold found in the normalised prediction on word boundaries; `official_metrics` =
 {"em", "f1"} of `metrics.musique_em_f1` (official `evaluate_v1.0.py`: maximum over the answer and
 its aliases).
 """
