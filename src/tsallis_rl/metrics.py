@@ -385,6 +385,7 @@ def contains_words(
 
 _DECIMAL_TOKEN = re.compile(r"(?<![\d.])[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?!\d)")
 _THOUSANDS_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+_CURRENCY = re.compile(r"(?<![\d.])([-+]?)\$\s*(?=[\d.])")
 _ROUNDINGS = (ROUND_HALF_UP, ROUND_HALF_EVEN)
 
 
@@ -392,7 +393,7 @@ def contains_number(
     pred: str, gold: str, *, decimals: int | None = None, min_significant: int | None = None
 ) -> bool:
     """The relaxed match for numeric answers: some number written in `pred` (thousands commas
-    allowed) equals the number `gold` in value ("94" is in "= 94." and "94.0", not in "1940" or
+    and a `$` allowed) equals the number `gold` in value ("94" is in "= 94." and "94.0", not in "1940" or
     "94.5"; "1940" is in "1,940"). A gold that is a word (yes/no) is matched as a whole word,
     any other non-numeric gold as literal text not inside a longer number.
 
@@ -407,7 +408,7 @@ def contains_number(
         return False
     if g.isalpha():
         return re.search(r"\b" + re.escape(g) + r"\b", pred, flags=re.IGNORECASE) is not None
-    text = _THOUSANDS_COMMA.sub("", pred)
+    text = _CURRENCY.sub(r"\1", _THOUSANDS_COMMA.sub("", pred))
     target = _decimal(g.replace(",", ""))
     if target is None or not _DECIMAL_TOKEN.fullmatch(g.replace(",", "")):
         pattern = r"(?<![\d.])" + re.escape(g) + r"(?!\d|\.\d)"
