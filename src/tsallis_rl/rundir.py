@@ -237,7 +237,7 @@ def check_out(cfg: Any) -> None:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out: {out} is a file, not a directory")
-    if not out.exists() or not any(out.iterdir()):
+    if not out.exists() or not _has_content(out):
         return
     if not is_run_dir(out):
         raise ConfigError(
@@ -254,6 +254,11 @@ def check_out(cfg: Any) -> None:
         check_resume_config(out / "config.yaml", cfg.to_dict())
 
 
+def _has_content(folder: Path) -> bool:
+    """True if `folder` holds anything but temporary files of a killed write (ours)."""
+    return any(TMP not in p.name for p in folder.iterdir())
+
+
 def prepare_out(cfg: Any) -> Path:
     """Create (or replace, or reopen) cfg.out after `check_out` and every other check passed.
 
@@ -262,15 +267,16 @@ def prepare_out(cfg: Any) -> Path:
     """
     check_out(cfg)
     out = Path(cfg.out)
-    old = None
-    if cfg.overwrite and out.exists() and any(out.iterdir()):
-        old = out.with_name(f".{out.name}{OLD}{os.getpid()}")
-        os.replace(out, old)
+    if cfg.overwrite and out.exists() and _has_content(out):
+        os.replace(out, out.with_name(f".{out.name}{OLD}{os.getpid()}"))
         fault_point("overwrite:aside")
     out.mkdir(parents=True, exist_ok=True)
+    clean_stale(out)
     start_run_dir(out, cfg.to_dict(), resume=cfg.resume)
-    if old is not None:
-        shutil.rmtree(old)
+    # the old run, and any an earlier --overwrite was killed before deleting, go last
+    for aside in out.parent.glob(f".{out.name}{OLD}*"):
+        if is_run_dir(aside):
+            shutil.rmtree(aside)
     return out
 
 
@@ -280,15 +286,16 @@ def start_run_dir(run_dir: Path, cfg_dict: dict[str, Any], *, resume: bool) -> N
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if not is_run_dir(run_dir):  # first, so that a kill from here on leaves a resumable run dir
+        mark_run_dir(run_dir)
     config = run_dir / "config.yaml"
     if resume and config.exists():
         changes = check_resume_config(config, cfg_dict)
         entry = {"time": time.time(), "changed": {k: list(v) for k, v in changes.items()}}
-        append_jsonl(run_dir / "resumes.jsonl", entry)
+        history = run_dir / "resumes.jsonl"
+        rewrite_jsonl(history, [*read_jsonl(history), entry])
     else:
         write_atomic(config, yaml.safe_dump(cfg_dict, sort_keys=False))
-    if not is_run_dir(run_dir):
-        mark_run_dir(run_dir)
 
 
 def clean_stale(run_dir: Path) -> list[Path]:
