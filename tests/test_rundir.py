@@ -9,8 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -318,15 +316,6 @@ def test_resume_removes_stale_temp_folders(tmp_path, tiny_model_dir):
 
 # -- item 6: two processes build the base model at once -------------------------------------------
 
-BUILD = """
-import sys, time
-from pathlib import Path
-from tsallis_rl.basemodel import BaseModelConfig, ensure_base_model
-cfg = BaseModelConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, steps=2,
-                      batch_size=4, threads=1)
-print(ensure_base_model(cfg, Path(sys.argv[1]), progress=False))
-"""
-
 
 def _tiny_base_cfg():
     from tsallis_rl.basemodel import BaseModelConfig
@@ -344,24 +333,21 @@ def test_a_second_base_model_build_waits_for_the_first_and_reuses_it(tmp_path):
 
     cfg = _tiny_base_cfg()
     path = tmp_path / f"chainsum-base-{cfg.key()}"
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(Path(rundir.__file__).parents[1]),
-    }
     with rundir.file_lock(path.with_name(path.name + ".lock")):  # "the first process"
-        second = subprocess.Popen(
-            [sys.executable, "-c", BUILD, str(tmp_path)], env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        time.sleep(8)  # long enough for an unlocked build of this size to finish
-        assert second.poll() is None, "the second build did not wait for the lock"
+        pid = os.fork()
+        if pid == 0:  # the second process
+            code = 1
+            try:
+                code = 0 if ensure_base_model(cfg, tmp_path, progress=False) == path else 3
+            finally:
+                os._exit(code)
+        time.sleep(3)  # long enough for an unlocked build of this size to start and finish
+        assert os.waitpid(pid, os.WNOHANG) == (0, 0), "the second build did not wait for the lock"
         assert not path.exists() and not list(tmp_path.glob("*.tmp-*"))
         pretrain(cfg, path, progress=False)
         stamp = (path / "base_model.json").stat().st_mtime_ns
-    out, err = second.communicate(timeout=120)
-    assert second.returncode == 0, err
-    assert out.strip() == str(path)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     assert (path / "base_model.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
     assert ensure_base_model(cfg, tmp_path, progress=False) == path  # built cache: success
 
