@@ -83,36 +83,41 @@ def _damage(ckpts: Path, what: str) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
 
 
-# (point#n, damage after the kill): metrics appends are 1 eval@0, 2 train@1, 3 train@2,
-# 4 eval@2, 5 train@3, 6 train@4, 7 eval@4; checkpoints are saved after steps 1, 2, 3, 4
+# (point#n, damage after the kill, point#n of a second kill during the first resume): metrics appends
+# are 1 eval@0, 2 train@1, 3 train@2, 4 eval@2, 5 train@3, 6 train@4, 7 eval@4; checkpoints are
+# saved after steps 1, 2, 3, 4
 RUN_FAULTS = [
-    ("atomic:.tsallis-rl-run#1", None),  # the suite's run-dir marker
-    ("atomic:config.yaml#1", None),  # the suite's config
-    ("atomic:config.yaml#2", None),  # the run's config
-    ("atomic:metrics.jsonl#1", None),  # a fresh start clears the log
-    ("best:written#1", None),
-    ("best:swapped#1", None),
-    ("metrics:torn#3", None),
-    ("metrics:appended#5", None),
-    ("ckpt:weights#2", None),
-    ("ckpt:written#2", None),
-    ("ckpt:renamed#2", None),
-    ("atomic:latest#2", None),
-    ("ckpt:latest#2", None),
-    ("ckpt:prune#1", None),
-    ("ckpt:weights#4", None),  # the final save
-    ("ckpt:latest#4", None),
-    ("atomic:test_records.jsonl#1", None),
-    ("atomic:final.json#1", None),
-    ("metrics:torn#6", "model.safetensors"),  # and the newest checkpoint is torn
-    ("metrics:torn#6", "trainer_state.pt"),
-    ("metrics:torn#6", "latest"),
+    ("atomic:.tsallis-rl-run#1", None, None),  # the suite's run-dir marker
+    ("atomic:config.yaml#1", None, None),  # the suite's config
+    ("atomic:config.yaml#2", None, None),  # the run's config
+    ("atomic:metrics.jsonl#1", None, None),  # a fresh start clears the log
+    ("best:written#1", None, None),
+    ("best:swapped#1", None, None),
+    ("metrics:torn#3", None, None),
+    ("metrics:appended#5", None, None),
+    ("ckpt:weights#2", None, None),
+    ("ckpt:written#2", None, None),
+    ("ckpt:renamed#2", None, None),
+    ("atomic:latest#2", None, None),
+    ("ckpt:latest#2", None, None),
+    ("ckpt:prune#1", None, None),
+    ("ckpt:weights#4", None, None),  # the final save
+    ("ckpt:latest#4", None, None),
+    ("atomic:test_records.jsonl#1", None, None),
+    ("atomic:final.json#1", None, None),
+    ("metrics:torn#6", "model.safetensors", None),  # and the newest checkpoint is torn
+    ("metrics:torn#6", "trainer_state.pt", None),
+    ("metrics:torn#6", "latest", None),
+    # the resume falls back to step 2 and saves step 3 again beside the torn one: killed there too
+    ("metrics:torn#6", "model.safetensors", "ckpt:aside#1"),
 ]
 
 
-@pytest.mark.parametrize("fault,damage", RUN_FAULTS, ids=[f"{f}+{d}" for f, d in RUN_FAULTS])
+@pytest.mark.parametrize(
+    "fault,damage,again", RUN_FAULTS, ids=["+".join(map(str, case)) for case in RUN_FAULTS]
+)
 def test_a_run_killed_at_each_write_point_resumes_to_the_uninterrupted_result(
-    tmp_path, tiny_model_dir, reference, fault, damage
+    tmp_path, tiny_model_dir, reference, fault, damage, again
 ):
     out = tmp_path / "run"
     _killed_in_fork(fault, main, _argv(out, tiny_model_dir))
@@ -120,6 +125,8 @@ def test_a_run_killed_at_each_write_point_resumes_to_the_uninterrupted_result(
         _damage(out / TAG / "checkpoints", damage)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # skipped damaged checkpoints / a dropped torn line
+        if again:
+            _killed_in_fork(again, main, [*_argv(out, tiny_model_dir), "--resume"])
         assert main([*_argv(out, tiny_model_dir), "--resume"]) == 0
     assert _outcome(out) == reference
     left = [p for p in out.rglob("*") if rundir.TMP in p.name or rundir.OLD in p.name]

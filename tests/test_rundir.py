@@ -114,8 +114,7 @@ def test_resume_refuses_a_changed_config_naming_each_field_and_both_values(
     tmp_path, monkeypatch, capsys
 ):
     _fail_if_model_loaded(monkeypatch)
-    out = tmp_path / "run"
-    rundir.prepare_out(TrainConfig(out=str(out)))
+    out = _run_dir(tmp_path / "run", TrainConfig(out=str(tmp_path / "run")))
     saved = (out / "config.yaml").read_text()
     argv = ["train", "--out", str(out), "--resume", "--lr", "0.5", "--seed", "3"]
     assert main(argv) == 2
