@@ -284,9 +284,7 @@ def test_write_atomic_fsyncs_the_file_before_the_rename(tmp_path, monkeypatch):
     synced = []
     real = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real(fd))
-    from tsallis_rl.trainer import write_atomic
-
-    write_atomic(tmp_path / "a.json", "{}")
+    rundir.write_atomic(tmp_path / "a.json", "{}")
     assert len(synced) >= 2  # the file, then its directory
     assert (tmp_path / "a.json").read_text() == "{}"
 

@@ -9,8 +9,9 @@ the per-rollout log-probs into a surrogate loss; its gradient is applied in micr
     the estimator on those values, and each micro-batch is recomputed with grad and back-propagated
     with those fixed coefficients. Both give the estimator's gradient exactly (tested).
 
-Run directory: config.yaml, metrics.jsonl, checkpoints/step-N (HF weights + optimizer/scheduler/RNG
-state, written atomically), best/ (HF model + tokenizer, from_pretrained-loadable), final.json.
+Run directory (written through tsallis_rl.rundir, which owns its layout, atomic swaps and recovery):
+config.yaml, metrics.jsonl, checkpoints/step-N (HF weights + optimizer/scheduler/per-rank RNG state),
+best/ (HF model + tokenizer, from_pretrained-loadable), final.json.
 """
 
 from __future__ import annotations
