@@ -175,3 +175,40 @@ def test_verl_reads_the_export(tmp_path):
     fn = load_extern_object(module_path=str(out / "reward_fn.py"), object_name="compute_score")
     gt = item["reward_model"]["ground_truth"]
     assert fn("jsonl", f"<think>z</think>{gt}", gt, dict(item["extra_info"]))["score"] == 1.0
+
+
+def test_an_out_path_that_looks_like_code_is_never_executed_by_the_reward_fn(tmp_path):
+    """The --out path (user text) stays out of reward_fn.py: a path that would close its docstring
+    and run a statement is inert, and the module reads its settings from export.json instead."""
+    payload = 'x"""\n__import__("pathlib").Path(__file__).with_name("PWNED").touch()\n"""'
+    out = tmp_path / payload
+    argv = ["export", "verl", "--task", "jsonl", "--data", str(FIXTURE), "--out", str(out)]
+    assert main([*argv, "--val-size", "2", "--test-size", "2"]) == 0
+    source = (out / "reward_fn.py").read_text()
+    assert payload not in source and str(tmp_path) not in source
+    spec = importlib.util.spec_from_file_location("exported_reward_fn_inert", out / "reward_fn.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert not (out / "PWNED").exists()
+    assert module.SETTINGS["task"] == "jsonl" and module.SETTINGS["regime"] == "warm"
+
+
+def test_re_export_removes_split_files_the_new_export_does_not_write(tmp_path):
+    out = export(tmp_path, "warm")
+    assert (out / "test.parquet").exists()
+    (out / "notes.txt").write_text("mine")
+    argv = ["export", "verl", "--task", "jsonl", "--data", str(FIXTURE), "--out", str(out)]
+    assert main([*argv, "--val-size", "2", "--test-size", "0"]) == 0
+    assert not (out / "test.parquet").exists()  # its rows are in train.parquet now
+    assert len(pd.read_parquet(out / "train.parquet")) == 8
+    assert json.loads((out / "export.json").read_text())["counts"]["test"] == 0
+    assert (out / "notes.txt").read_text() == "mine"  # not ours: left alone
+    assert not [p for p in out.iterdir() if ".tmp-" in p.name]  # atomic writes leave no temp
+
+
+def test_generated_task_exports_without_file_options(tmp_path):
+    """chainsum's splits take no skip_invalid: only the options a task accepts are passed."""
+    out = tmp_path / "chainsum"
+    assert main(["export", "verl", "--task", "chainsum", "--out", str(out)]) == 0
+    counts = json.loads((out / "export.json").read_text())["counts"]
+    assert counts["train"] > 0 and len(pd.read_parquet(out / "train.parquet")) == counts["train"]

@@ -86,7 +86,7 @@ def test_existing_run_directory_is_never_overwritten_without_asking(tmp_path, mo
     out.mkdir()
     (out / "notes.txt").write_text("precious")
     assert main(["train", "--out", str(out)]) == 2
-    assert "--resume" in capsys.readouterr().err
+    assert "not a tsallis-rl run directory" in capsys.readouterr().err
     assert main(["train", "--out", str(out), "--overwrite"]) == 2  # not a run dir: refuse to delete
     assert (out / "notes.txt").read_text() == "precious"
 

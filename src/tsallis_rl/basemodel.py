@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from tsallis_rl.rundir import TMP, fault_point, file_lock, fsync_dir, fsync_tree
 from tsallis_rl.tasks.chainsum import ALPHABET, COLD_FORM, SURFACE_FORMS, warm_document
 from tsallis_rl.tiny import build_char_tokenizer, build_tiny_causal_lm
 
@@ -138,16 +139,18 @@ def _chunks(items: list[str], n: int) -> list[list[str]]:
 
 
 def _save_atomic(model, tok, out_dir: Path, meta: dict) -> None:
+    """Write model + tokenizer into a temp folder, fsync it, rename it to `out_dir`."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + TMP, dir=out_dir.parent))
     try:
         model.save_pretrained(tmp)
+        fault_point("base:weights")
         tok.save_pretrained(tmp)
         (tmp / "base_model.json").write_text(json.dumps(meta, indent=2))
-        if out_dir.exists():  # another process finished first: keep theirs (same seed, same bytes)
-            shutil.rmtree(tmp)
-            return
+        fsync_tree(tmp)
+        fault_point("base:written")
         os.replace(tmp, out_dir)
+        fsync_dir(out_dir.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -156,9 +159,22 @@ def _save_atomic(model, tok, out_dir: Path, meta: dict) -> None:
 def ensure_base_model(
     cfg: BaseModelConfig | None = None, cache_dir: Path | None = None, *, progress: bool = True
 ) -> Path:
-    """Path of the cached default base model, pretraining it first if it is not cached yet."""
+    """Path of the cached default base model, pretraining it first if it is not cached yet.
+
+    The build holds a cross-process lock (`<name>.lock` in the cache dir): a second process (another
+    terminal, another rank) waits for it and then finds the model built; a killed builder leaves
+    only a `*.tmp-*` folder, removed by the next build.
+    """
     cfg = cfg or BaseModelConfig()
     path = (cache_dir or default_cache_dir()) / f"chainsum-base-{cfg.key()}"
-    if not (path / "base_model.json").exists():
+    if (path / "base_model.json").exists():
+        return path
+    with file_lock(path.with_name(path.name + ".lock")):
+        if (path / "base_model.json").exists():  # built by whoever held the lock before us
+            return path
+        for stale in path.parent.glob(path.name + TMP + "*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        if path.exists():  # an incomplete cache entry (no base_model.json): build it again
+            shutil.rmtree(path)
         pretrain(cfg, path, progress=progress)
     return path

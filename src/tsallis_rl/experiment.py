@@ -12,18 +12,17 @@ import dataclasses
 import inspect
 import json
 import multiprocessing
-import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from tsallis_rl.config import ConfigError, TrainConfig, run_tag
 from tsallis_rl.estimators import get_estimator_spec
+from tsallis_rl.rundir import check_out, prepare_out, read_jsonl
 from tsallis_rl.tasks import Example, Task, get_task
-from tsallis_rl.trainer import Trainer, read_jsonl, write_atomic
+from tsallis_rl.trainer import Trainer
 
 
 def resolve_device(cfg: TrainConfig) -> tuple[torch.device, torch.dtype]:
@@ -102,24 +101,6 @@ def make_splits(task: Task, cfg: TrainConfig) -> dict[str, list[Example]]:
     return splits
 
 
-def prepare_out(cfg: TrainConfig) -> Path:
-    """The run directory; refuses to clobber an existing one unless --resume or --overwrite."""
-    out = Path(cfg.out)
-    if out.exists() and any(out.iterdir()):
-        if cfg.overwrite:
-            if not (out / "config.yaml").exists():
-                raise ConfigError(
-                    f"out: {out} is not a tsallis-rl run directory; refusing to delete it"
-                )
-            shutil.rmtree(out)
-        elif not cfg.resume:
-            raise ConfigError(
-                f"out: {out} already exists; pass --resume to continue it or --overwrite to replace it"
-            )
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
 def run_suite(cfg: TrainConfig) -> list[dict[str, Any]]:
     """Train every (estimator, q) of cfg.runs() and write OUT/report.md, summary.json and plots.
 
@@ -129,12 +110,10 @@ def run_suite(cfg: TrainConfig) -> list[dict[str, Any]]:
     cfg.validate()
     task = get_task(cfg.task)
     make_splits(task, cfg)  # fail on bad data before anything is built
+    check_out(cfg)  # --out usable as asked (and a --resume's config unchanged); writes nothing
     accelerator = _maybe_accelerator(cfg)
     is_main = accelerator is None or accelerator.is_main_process
     out = Path(cfg.out)
-    if is_main:
-        out = prepare_out(cfg)
-        write_atomic(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     device, _ = resolve_device(cfg)
     model_path = cfg.model
     if model_path is None:
@@ -146,6 +125,10 @@ def run_suite(cfg: TrainConfig) -> list[dict[str, Any]]:
         if accelerator is not None:
             accelerator.wait_for_everyone()
         model_path = str(ensure_base_model(base_cfg, progress=False))
+    else:
+        _check_model(model_path)
+    if is_main:  # every check passed: only now is --out created, replaced or reopened
+        out = prepare_out(cfg)
     if accelerator is not None:
         accelerator.wait_for_everyone()
     jobs = []
@@ -220,6 +203,17 @@ def train_run(
         bar_position=position,
     )
     return trainer.fit()
+
+
+def _check_model(path: str) -> None:
+    """A ConfigError naming --model if its config or tokenizer cannot be loaded (cheap, no weights)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        AutoConfig.from_pretrained(path)
+        AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"model: cannot load {path!r}: {str(exc).splitlines()[0]}") from None
 
 
 def _maybe_accelerator(cfg: TrainConfig) -> Any:

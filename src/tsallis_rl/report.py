@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tsallis_rl.config import TrainConfig
-from tsallis_rl.trainer import _json_safe, read_jsonl, write_atomic
+from tsallis_rl.rundir import json_safe, read_jsonl, write_atomic
 
 
 def summary_rows(results: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
@@ -67,10 +67,10 @@ def write_report(out: Path, cfg: TrainConfig, results: list[dict[str, Any]]) -> 
     """summary.json, metrics.jsonl (all runs), report.md and plots in `out`."""
     k = cfg.eval_k
     rows = summary_rows(results, k)
-    write_atomic(out / "summary.json", json.dumps(_json_safe(rows), indent=2))
+    write_atomic(out / "summary.json", json.dumps(json_safe(rows), indent=2))
     per_run = {res["tag"]: read_jsonl(out / res["tag"] / "metrics.jsonl") for res in results}
     merged = [{"method": tag, **rec} for tag, recs in per_run.items() for rec in recs]
-    write_atomic(out / "metrics.jsonl", "".join(json.dumps(_json_safe(r)) + "\n" for r in merged))
+    write_atomic(out / "metrics.jsonl", "".join(json.dumps(json_safe(r)) + "\n" for r in merged))
     plots = write_plots(out, per_run, k)
     lines = [
         "# tsallis-rl training report",

@@ -9,8 +9,9 @@ the per-rollout log-probs into a surrogate loss; its gradient is applied in micr
     the estimator on those values, and each micro-batch is recomputed with grad and back-propagated
     with those fixed coefficients. Both give the estimator's gradient exactly (tested).
 
-Run directory: config.yaml, metrics.jsonl, checkpoints/step-N (HF weights + optimizer/scheduler/RNG
-state, written atomically), best/ (HF model + tokenizer, from_pretrained-loadable), final.json.
+Run directory (written through tsallis_rl.rundir, which owns its layout, atomic swaps and recovery):
+config.yaml, metrics.jsonl, checkpoints/step-N (HF weights + optimizer/scheduler/per-rank RNG state),
+best/ (HF model + tokenizer, from_pretrained-loadable), final.json.
 """
 
 from __future__ import annotations
@@ -18,24 +19,23 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import os
 import random
-import shutil
-import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import Tensor
 
+from tsallis_rl import rundir
 from tsallis_rl.config import ConfigError, TrainConfig
 from tsallis_rl.estimators import get_estimator_spec
 from tsallis_rl.metrics import score_samples
 from tsallis_rl.rollout import ANSWER, RATIONALE, Rollout, sample, score
+from tsallis_rl.rundir import Loggers, json_safe, read_jsonl, write_atomic
 from tsallis_rl.tasks.base import THINK_CLOSE, Example, Task, format_for_model
 
 # --------------------------------------------------------------------------------------------------
@@ -186,85 +186,6 @@ def apply_gradient(
 
 
 # --------------------------------------------------------------------------------------------------
-# Files
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temp file and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-class Loggers:
-    """metrics.jsonl always; TensorBoard and W&B when asked."""
-
-    def __init__(self, run_dir: Path, cfg: TrainConfig, name: str) -> None:
-        self.path = run_dir / "metrics.jsonl"
-        self.sinks: list[Callable[[dict[str, Any]], None]] = []
-        self.closers: list[Callable[[], Any]] = []
-        if cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            tb = SummaryWriter(str(run_dir / "tensorboard"))
-            self.closers.append(tb.close)
-            self.sinks.append(
-                lambda rec: [
-                    tb.add_scalar(f"{rec['kind']}/{k}", v, rec["step"])
-                    for k, v in rec.items()
-                    if isinstance(v, float | int) and k != "step"
-                ]
-            )
-        if cfg.wandb:
-            import wandb
-
-            wb = wandb.init(
-                project=cfg.wandb_project, name=name, config=cfg.to_dict(), dir=str(run_dir)
-            )
-            self.closers.append(wb.finish)
-            self.sinks.append(
-                lambda rec: wb.log(
-                    {f"{rec['kind']}/{k}": v for k, v in rec.items() if isinstance(v, float | int)},
-                    step=rec["step"],
-                )
-            )
-
-    def close(self) -> None:
-        """Flush and close the TensorBoard / W&B sinks."""
-        for close in self.closers:
-            close()
-
-    def log(self, record: dict[str, Any]) -> None:
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(_json_safe(record)) + "\n")
-        for sink in self.sinks:
-            sink(record)
-
-    def truncate_after(self, step: int) -> None:
-        """Drop records past `step` (a resumed run rewrites them)."""
-        keep = [r for r in read_jsonl(self.path) if r["step"] <= step]
-        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in keep))
-
-
-# --------------------------------------------------------------------------------------------------
 # The trainer
 
 
@@ -316,6 +237,7 @@ class Trainer:
         self.elapsed_before = 0.0  # seconds spent before a resume, so wall_seconds covers the run
         self._started = time.time()
         self.best: dict[str, Any] = {"step": -1, "score": -1.0}
+        self._saved_step = -1  # the step of the newest checkpoint written or loaded
         self.loggers = Loggers(self.run_dir, cfg, self.run_dir.name) if self.is_main else None
         self._gold_cache: dict[str, list[int]] = {}
         self._prompt_cache: dict[str, list[int]] = {}
@@ -523,46 +445,73 @@ class Trainer:
             "python": list(random.getstate()[1]),
         }
 
-    def save_checkpoint(self) -> Path:
-        """checkpoints/step-N: HF weights + trainer_state.pt, via a temp dir and a rename."""
-        ckpts = self.run_dir / "checkpoints"
-        ckpts.mkdir(parents=True, exist_ok=True)
-        final = ckpts / f"step-{self.step:06d}"
-        tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=ckpts))
-        self.policy.save_pretrained(tmp)
+    def _gather_rng(self) -> list[dict[str, Any]]:
+        """Every rank's sampling RNG state, indexed by rank (all ranks must call this)."""
+        state = self._rng_state()
+        if self.accelerator is None or self.accelerator.num_processes <= 1:
+            return [state]
+        from accelerate.utils import gather_object
+
+        return list(gather_object([state]))
+
+    def save_checkpoint(self) -> Path | None:
+        """checkpoints/step-N (HF weights + trainer_state.pt with every rank's RNG), swapped in
+        beside the old one (see rundir.save_checkpoint). Called on every rank; main writes."""
+        rngs = self._gather_rng()
+        if not self.is_main:
+            self._saved_step = self.step
+            return None
         state = {
             "step": self.step,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": self._rng_state(),
+            "rng": rngs[0],
+            "rng_ranks": rngs,
             "best_step": self.best["step"],
             "best_score": float(self.best["score"]),
             "elapsed": self.elapsed_before + time.time() - self._started,
         }
-        torch.save(state, tmp / "trainer_state.pt")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        write_atomic(ckpts / "latest", final.name + "\n")
-        for old in sorted(p for p in ckpts.glob("step-*") if ".tmp-" not in p.name)[:-2]:
-            shutil.rmtree(old, ignore_errors=True)  # keep the two newest
-        return final
+
+        def write(tmp: Path) -> None:
+            self.policy.save_pretrained(tmp)
+            rundir.fault_point("ckpt:weights")
+            torch.save(state, tmp / "trainer_state.pt")
+
+        path = rundir.save_checkpoint(self.run_dir / "checkpoints", self.step, write)
+        self._saved_step = self.step
+        return path
 
     def load_checkpoint(self) -> bool:
-        """Restore from checkpoints/latest; False if there is none."""
-        pointer = self.run_dir / "checkpoints" / "latest"
-        if not pointer.exists():
+        """Restore the newest intact checkpoint (damaged ones are skipped, with a warning); False if
+        there is none. Each rank restores its own sampling RNG."""
+        found = rundir.load_checkpoint(
+            self.run_dir / "checkpoints",
+            lambda d: (rundir.read_trainer_state(d), rundir.read_weights(d)),
+        )
+        if found is None:
             return False
-        ckpt = self.run_dir / "checkpoints" / pointer.read_text().strip()
-        _load_weights(self.policy, ckpt)
-        state = torch.load(ckpt / "trainer_state.pt", weights_only=True, map_location="cpu")
+        ckpt, (state, weights) = found
+        rundir.load_weights(self.policy, weights, ckpt)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.gen.set_state(state["rng"]["gen"])
-        self.resample_gen.set_state(state["rng"]["resample_gen"])
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate((3, tuple(state["rng"]["python"]), None))
+        rank, world = 0, 1
+        if self.accelerator is not None:
+            rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        ranks = state.get("rng_ranks") or [state["rng"]]
+        if len(ranks) == world:
+            rng = ranks[rank]
+            self.gen.set_state(rng["gen"])
+            self.resample_gen.set_state(rng["resample_gen"])
+            torch.set_rng_state(rng["torch"])
+            random.setstate((3, tuple(rng["python"]), None))
+        else:  # another number of processes: the saved streams do not map onto these ranks
+            warnings.warn(
+                f"{ckpt}: saved with {len(ranks)} processes, resumed with {world}; "
+                "sampling restarts from fresh per-rank seeds",
+                stacklevel=2,
+            )
         self.step = int(state["step"])
+        self._saved_step = self.step
         self.best = {"step": int(state["best_step"]), "score": float(state["best_score"])}
         self.elapsed_before, self._started = float(state["elapsed"]), time.time()
         if self.loggers:
@@ -570,9 +519,7 @@ class Trainer:
         return True
 
     def save_best(self) -> None:
-        """best/: a from_pretrained-loadable model (LoRA merged) and its tokenizer."""
-        dest = self.run_dir / "best"
-        tmp = Path(tempfile.mkdtemp(prefix="best.tmp-", dir=self.run_dir))
+        """best/: a from_pretrained-loadable model (LoRA merged) and its tokenizer, swapped in whole."""
         model = self.policy
         if hasattr(
             model, "merge_and_unload"
@@ -580,11 +527,12 @@ class Trainer:
             import copy
 
             model = copy.deepcopy(model).merge_and_unload()
-        model.save_pretrained(tmp)
-        self.tokenizer.save_pretrained(tmp)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
+
+        def write(tmp: Path) -> None:
+            model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+
+        rundir.save_best(self.run_dir, write)
 
     # -- the loop -----------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -594,9 +542,8 @@ class Trainer:
         cfg = self.cfg
         self._started = time.time()
         if self.is_main:
-            write_atomic(
-                self.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-            )
+            rundir.clean_stale(self.run_dir)
+            rundir.start_run_dir(self.run_dir, cfg.to_dict(), resume=cfg.resume)
         resumed = cfg.resume and self.load_checkpoint()
         if (
             not resumed and self.loggers
@@ -627,14 +574,15 @@ class Trainer:
             if "reward" in stats:  # sampled-answer estimators: exact-match reward
                 live["reward"] = f"{stats['reward']:.2f}"
             bar.set_postfix(**live, loss=f"{stats['loss']:.3g}")
-            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.splits.get("val"):
+            last = self.step == cfg.steps  # always evaluated, then saved once (after the eval)
+            if self.splits.get("val") and (
+                last or (cfg.eval_every and self.step % cfg.eval_every == 0)
+            ):
                 self._eval_and_log(mkey)
-            if cfg.save_every and self.step % cfg.save_every == 0 and self.is_main:
+            if last or (cfg.save_every and self.step % cfg.save_every == 0):
                 self.save_checkpoint()
         bar.close()
-        if (not cfg.eval_every or self.step % cfg.eval_every) and self.splits.get("val"):
-            self._eval_and_log(mkey)
-        if self.is_main:
+        if self.step != self._saved_step:  # steps = 0: nothing trained, nothing saved yet
             self.save_checkpoint()
         return self._finish(mkey)
 
@@ -670,7 +618,7 @@ class Trainer:
             result["test"] = res.summary
             write_atomic(
                 self.run_dir / "test_records.jsonl",
-                "".join(json.dumps(_json_safe(r)) + "\n" for r in res.records),
+                "".join(json.dumps(json_safe(r)) + "\n" for r in res.records),
             )
         first = next(
             (
@@ -684,25 +632,5 @@ class Trainer:
         result["wall_seconds"] = self.elapsed_before + time.time() - self._started
         if self.loggers:
             self.loggers.close()
-        write_atomic(self.run_dir / "final.json", json.dumps(_json_safe(result), indent=2))
+        write_atomic(self.run_dir / "final.json", json.dumps(json_safe(result), indent=2))
         return result
-
-
-def _load_weights(model: torch.nn.Module, path: Path) -> None:
-    """Load HF-format weights saved by save_pretrained into `model` in place (plain or peft)."""
-    from safetensors.torch import load_file
-
-    files = sorted(Path(path).glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no safetensors weights in {path}")
-    state: dict[str, Tensor] = {}
-    for f in files:
-        state.update(load_file(str(f)))
-    if hasattr(model, "peft_config"):
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(model, state)
-        return
-    model.load_state_dict(state, strict=False)
-    if getattr(model.config, "tie_word_embeddings", False) and hasattr(model, "tie_weights"):
-        model.tie_weights()

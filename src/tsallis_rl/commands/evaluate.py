@@ -44,8 +44,9 @@ def run(args: argparse.Namespace) -> int:
 
     from tsallis_rl.config import TrainConfig
     from tsallis_rl.experiment import load_model, make_splits, resolve_device
+    from tsallis_rl.rundir import json_safe, write_atomic
     from tsallis_rl.tasks import get_task
-    from tsallis_rl.trainer import Trainer, _json_safe, write_atomic
+    from tsallis_rl.trainer import Trainer
 
     cfg = TrainConfig(
         model=args.model,
@@ -84,11 +85,11 @@ def run(args: argparse.Namespace) -> int:
             device=device,
         )
         res = trainer.evaluate(args.split)
-    print(json.dumps(_json_safe(res.summary), indent=2))
+    print(json.dumps(json_safe(res.summary), indent=2))
     if args.out:
         out = Path(args.out)
-        write_atomic(out / "summary.json", json.dumps(_json_safe(res.summary), indent=2))
+        write_atomic(out / "summary.json", json.dumps(json_safe(res.summary), indent=2))
         write_atomic(
-            out / "records.jsonl", "".join(json.dumps(_json_safe(r)) + "\n" for r in res.records)
+            out / "records.jsonl", "".join(json.dumps(json_safe(r)) + "\n" for r in res.records)
         )
     return 0

@@ -13,35 +13,47 @@ writes into OUT:
         extra_info   {"split", "index", "id", "task", "regime", "example": the Example as JSON}
     reward_fn.py     `compute_score(data_source, solution_str, ground_truth, extra_info)`: this
                      project's matching (exact match by default; see tsallis_rl.integrations.verl)
-    export.json      the resolved settings and row counts
-and prints the verl config lines that use them. Empty splits are not written.
+    export.json      the resolved settings and row counts (reward_fn.py reads it; no setting is
+                     ever written into the code)
+and prints the verl config lines that use them. Empty splits are not written, and a split file that
+an earlier export into OUT wrote but this one does not is removed. Every file is written atomically.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
+import io
 import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from tsallis_rl.rundir import write_atomic
 from tsallis_rl.tasks import REGIMES, Example, Task, get_task
 
 FORMATS = ("verl",)
 SPLITS = ("train", "val", "test")
 ABILITY = "reasoning"
 
-REWARD_FN = '''"""verl reward function written by `tsallis-rl export verl` (task {task!r}, regime {regime!r}).
+# The generated module is this constant text: no user string (path, task, regime) is ever put into
+# code that verl imports; the settings live in export.json beside it, which the module reads.
+REWARD_FN = '''"""verl reward function written by `tsallis-rl export verl`; its settings are in export.json.
 
-    reward.custom_reward_function.path={path}
+    reward.custom_reward_function.path=<this file>
     reward.custom_reward_function.name=compute_score
     # optional, the paper's evaluation match instead of exact match:
     # +reward.custom_reward_function.reward_kwargs.match=substring
 """
 
+import json
+from pathlib import Path
+
 from tsallis_rl.integrations.verl import compute_score
 
-__all__ = ["compute_score"]
+SETTINGS = json.loads(Path(__file__).with_name("export.json").read_text(encoding="utf-8"))
+
+__all__ = ["SETTINGS", "compute_score"]
 '''
 
 
@@ -120,13 +132,18 @@ def export_verl(
     task = get_task(task_name)
     if data is None and getattr(task, "needs_path", True):
         raise ValueError(f"task {task_name!r} reads files: pass --data FILE_OR_DIR")
-    kwargs: dict[str, Any] = {"skip_invalid": skip_invalid}
+    wanted: dict[str, Any] = {"skip_invalid": skip_invalid}
     for key, value in (("val_size", val_size), ("test_size", test_size), ("seed", seed)):
         if value is not None:
-            kwargs[key] = value
-    splits = task.splits(data, **kwargs)
+            wanted[key] = value
+    splits = task.splits(data, **_accepted(task.splits, wanted))
+    if not splits.get("train"):
+        raise ValueError(f"task {task_name!r} gave no training examples")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a directory")
     out.mkdir(parents=True, exist_ok=True)
+    previous = _previous_files(out)
     counts: dict[str, int] = {}
     files: dict[str, str] = {}
     for split in SPLITS:
@@ -136,12 +153,11 @@ def export_verl(
             continue
         rows = [verl_row(task, task_name, ex, regime, split, i) for i, ex in enumerate(examples)]
         path = out / f"{split}.parquet"
-        pd.DataFrame(rows).to_parquet(path, index=False)
+        buf = io.BytesIO()
+        pd.DataFrame(rows).to_parquet(buf, index=False)
+        write_atomic(path, buf.getvalue())
         files[split] = str(path.resolve())
-    if not counts["train"]:
-        raise ValueError(f"task {task_name!r} gave no training examples")
     reward_path = (out / "reward_fn.py").resolve()
-    reward_path.write_text(REWARD_FN.format(task=task_name, regime=regime, path=reward_path))
     manifest = {
         "format": "verl",
         "task": task_name,
@@ -156,8 +172,30 @@ def export_verl(
         "files": files,
         "reward_fn": str(reward_path),
     }
-    (out / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    write_atomic(out / "export.json", json.dumps(manifest, indent=2) + "\n")
+    write_atomic(reward_path, REWARD_FN)
+    for split, name in previous.items():  # splits an earlier export wrote that this one did not
+        if split not in files:
+            (out / name).unlink(missing_ok=True)
     return manifest
+
+
+def _accepted(fn: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The subset of `kwargs` that `fn`'s signature takes (all of them if it takes **kwargs)."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def _previous_files(out: Path) -> dict[str, str]:
+    """{split: file name} of the split files a previous export into `out` wrote (its export.json)."""
+    try:
+        manifest = json.loads((out / "export.json").read_text(encoding="utf-8"))
+        listed = manifest.get("files", {}) if manifest.get("format") == "verl" else {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {s: f"{s}.parquet" for s in SPLITS if s in listed}
 
 
 def run(args: argparse.Namespace) -> int:
