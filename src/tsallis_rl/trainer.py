@@ -37,7 +37,13 @@ from tsallis_rl.estimators import get_estimator_spec
 from tsallis_rl.gradient import apply_gradient, no_rationale_rows, stack_rows
 from tsallis_rl.metrics import score_samples
 from tsallis_rl.rollout import ANSWER, Rollout, sample, score
-from tsallis_rl.tasks.base import THINK_CLOSE, Example, Task, format_for_model
+from tsallis_rl.tasks.base import (
+    THINK_CLOSE,
+    Example,
+    Task,
+    default_answer_prefix,
+    format_for_model,
+)
 
 # --------------------------------------------------------------------------------------------------
 # q schedules (pure)
@@ -76,7 +82,8 @@ class Encoder:
         chat = {"auto": has_template, "on": True, "off": False}[cfg.chat_template]
         if chat and not has_template:
             raise ConfigError("chat_template = 'on' but the tokenizer has no chat template")
-        prefix = ("\n\n" if chat else "") if cfg.answer_prefix == "auto" else cfg.answer_prefix
+        auto = cfg.answer_prefix == "auto"
+        prefix = default_answer_prefix(chat=chat) if auto else cfg.answer_prefix
         return cls(tokenizer, task, cfg.regime, chat, prefix)
 
     def ids(self, text: str) -> list[int]:
