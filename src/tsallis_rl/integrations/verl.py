@@ -340,14 +340,15 @@ def compute_score(
     extra_info: Mapping[str, Any] | None = None,
     match: str = "exact",
     **kwargs: Any,
-) -> dict[str, float]:
+) -> dict[str, float | str]:
     """verl reward function: this project's matching of the completion's answer against y*.
 
     The task is `extra_info["task"]` (written by the export; else `data_source`), the gold example
     is rebuilt from `extra_info["example"]` (else from `ground_truth` alone), the answer is the text
-    after the last `</think>`. Returns {"score", "exact_match", "substring_match"}, each 0.0 or 1.0;
-    score is exact match (the paper's training reward) or, with match="substring"
-    (`+reward.custom_reward_function.reward_kwargs.match=substring`), substring match.
+    after the last `</think>`. Returns {"score", "exact_match", "substring_match"}, each 0.0 or 1.0,
+    and "pred", the task's normalised answer (the key this project's m@k votes on), so that verl's
+    validation computes maj@N. score is exact match (the paper's training reward) or, with
+    match="substring" (`+reward.custom_reward_function.reward_kwargs.match=substring`), substring match.
     """
     if match not in ("exact", "substring"):
         raise ValueError(f"match must be 'exact' or 'substring', got {match!r}")
@@ -361,6 +362,7 @@ def compute_score(
         "score": exact if match == "exact" else sub,
         "exact_match": exact,
         "substring_match": sub,
+        "pred": task.normalize(pred),
     }
 
 
