@@ -10,8 +10,8 @@ Select an estimator with one environment variable and a few config lines (docs/v
         actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum \    # makes the gradient exact
         actor_rollout_ref.actor.use_kl_loss=False actor_rollout_ref.actor.entropy_coeff=0 ...
 
-(`pip install tsallis-rl[verl]` also registers this module as a `verl.plugins` entry point, which
-verl imports on its own unless VERL_USE_EXTERNAL_PLUGINS=none.)
+(Installing the package, e.g. `pip install -e ".[verl]"` from a clone, also registers this module as
+a `verl.plugins` entry point, which verl imports on its own unless VERL_USE_EXTERNAL_PLUGINS=none.)
 
 Config keys under `algorithm` (add them with `+algorithm.KEY=VALUE`), all optional:
     tsallis_q            0.75    commitment q in [0, 1]: 0 = RB-RLOO, 1 = IWAE (garl) / EM (paft)
