@@ -1,4 +1,6 @@
-"""GARL (or PAFT) through Hugging Face TRL: a runnable cold-start example.
+r"""GARL (or PAFT) through Hugging Face TRL: a runnable cold-start example.
+
+    pip install -e ".[trl]"     # from a clone of tsallis-rl (the package is not on PyPI)
 
     # CPU, tiny random model, no download (about a minute):
     OMP_NUM_THREADS=1 python examples/trl_garl.py
@@ -20,7 +22,11 @@ import random
 
 from datasets import Dataset
 
+from tsallis_rl.estimators import get_estimator_spec, list_estimators
 from tsallis_rl.integrations.trl import TsallisGRPOConfig, TsallisGRPOTrainer
+
+# every teacher-forced estimator that needs only per-sequence log-probs (what the adapter builds)
+ESTIMATORS = [n for n in list_estimators() if get_estimator_spec(n).sequence_only]
 
 
 def arithmetic(n: int, seed: int) -> tuple[list[str], list[str]]:
@@ -49,7 +55,7 @@ def main() -> None:
     ap.add_argument(
         "--model", default="tiny", help="'tiny' (local, CPU) or a hub id, e.g. Qwen/Qwen3-0.6B"
     )
-    ap.add_argument("--estimator", default="garl", choices=["garl", "paft", "rb_rloo"])
+    ap.add_argument("--estimator", default="garl", choices=ESTIMATORS)
     ap.add_argument("--q", type=float, default=0.75, help="commitment q in [0, 1]")
     ap.add_argument(
         "--weight", default="answer_likelihood", choices=["answer_likelihood", "reward"]
@@ -109,9 +115,7 @@ def main() -> None:
         tsallis_q=cli.q,
         tsallis_weight=cli.weight,
         tsallis_answer_column="answer",
-        tsallis_answer_prefix=""
-        if tiny
-        else "\n\n",  # Qwen3 writes "</think>\n\n" before the answer
+        tsallis_answer_prefix="auto",  # the own trainer's rule: "\n\n" with a chat template, else ""
         tsallis_think_end="</think>",
         tsallis_pathwise=not cli.no_pathwise,
     )

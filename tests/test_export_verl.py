@@ -111,6 +111,7 @@ def test_compute_score_agrees_with_task_matching(tmp_path):
                     "score": float(exact),
                     "exact_match": float(exact),
                     "substring_match": float(sub),
+                    "pred": task.normalize(pred),
                 }, (sol, ex)
                 sub_score = compute_score(row.data_source, sol, gt, info, match="substring")
                 assert sub_score["score"] == float(sub)

@@ -15,7 +15,12 @@ from datasets import Dataset  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 from trl.trainer.utils import RepeatSampler, shuffle_sequence_dict, split_tensor_dict  # noqa: E402
 
-from tsallis_rl.estimators import garl_loss, paft_loss  # noqa: E402
+from tsallis_rl.estimators import (  # noqa: E402
+    garl_loss,
+    get_estimator_spec,
+    list_estimators,
+    paft_loss,
+)
 from tsallis_rl.integrations.trl import (  # noqa: E402
     TsallisGRPOConfig,
     TsallisGRPOTrainer,
@@ -181,8 +186,20 @@ def generation_inputs():
     return [{"prompt": p, "answer": a} for p, a in zip(PROMPTS, ANSWERS) for _ in range(M)]
 
 
-@pytest.mark.parametrize("estimator", ["garl", "paft"])
-@pytest.mark.parametrize("weight", ["reward", "answer_likelihood"])
+TEACHER_FORCED = ["garl", "paft", "rb_rloo", "verifree", "loglik", "iwae"]
+CASES = [(e, "answer_likelihood") for e in TEACHER_FORCED] + [
+    (e, "reward")
+    for e in ("garl", "paft", "verifree", "iwae")  # loglik needs log w > -inf
+]
+
+
+def test_every_sequence_level_teacher_forced_estimator_is_covered():
+    assert set(TEACHER_FORCED) == {
+        n for n in list_estimators() if get_estimator_spec(n).sequence_only
+    }
+
+
+@pytest.mark.parametrize("estimator,weight", CASES)
 def test_applied_gradient_equals_core_estimator_gradient(tok, estimator, weight):
     q, seed = 0.5, 123
     # Two micro-batches per generation batch (gradient accumulation 2) to cover the loss scaling.
@@ -232,11 +249,8 @@ def test_applied_gradient_equals_core_estimator_gradient(tok, estimator, weight)
         )
         answer_logp = continuation_logp(model, out["prompt_ids"], out["prompt_mask"], seqs, amask)
     shape = (len(PROMPTS), M)
-    if estimator == "garl":
-        ref = garl_loss(rationale_logp.view(shape), answer_logp.view(shape), q)
-    else:
-        gen = torch.Generator().manual_seed(seed)
-        ref = paft_loss(rationale_logp.view(shape), answer_logp.view(shape), q, generator=gen)
+    fn = get_estimator_spec(estimator).bind(q, {"generator": torch.Generator().manual_seed(seed)})
+    ref = fn(rationale_logp.view(shape), answer_logp.view(shape))
     ref.loss.backward()
     nonzero = 0
     for n, p in model.named_parameters():
@@ -454,7 +468,7 @@ def test_teacher_forced_rationale_ends_at_marker_or_is_budget_forced():
 
 
 def test_rewards_outside_unit_interval_are_rejected(tok):
-    args = TsallisGRPOConfig(**common_args(max_steps=1))
+    args = TsallisGRPOConfig(**common_args(max_steps=1), tsallis_weight="reward")
     trainer = TsallisGRPOTrainer(
         tiny_model(tok),
         reward_funcs=lambda completions, **kw: [2.0] * len(completions),
@@ -473,7 +487,7 @@ def test_rewards_outside_unit_interval_are_rejected(tok):
         (dict(beta=0.1), "KL penalty"),
         (
             dict(tsallis_weight="answer_likelihood", tsallis_answer_column="gold"),
-            "no column 'gold'",
+            "no gold-answer column 'gold'",
         ),
         (
             dict(tsallis_weight="answer_likelihood", mask_truncated_completions=True),
@@ -500,3 +514,73 @@ def test_config_rejects_unknown_or_sampled_reward_estimators():
         TsallisGRPOConfig(**common_args(), tsallis_estimator="grpo")
     with pytest.raises(ValueError, match=r"tsallis_q must lie in \[0, 1\]"):
         TsallisGRPOConfig(**common_args(), tsallis_q=1.5)
+    with pytest.raises(ValueError, match="per-token answer log-probs"):
+        TsallisGRPOConfig(**common_args(), tsallis_estimator="rlpr")
+
+
+# --------------------------------------------------------------------------------------------------
+# Defaults that match the paper and the own trainer
+
+
+def test_default_weight_is_the_papers_answer_likelihood():
+    assert TsallisGRPOConfig(**common_args()).tsallis_weight == "answer_likelihood"
+
+
+def test_missing_answer_column_names_the_column_and_the_reward_alternative(tok):
+    no_answer = Dataset.from_dict({"prompt": PROMPTS})
+    with pytest.raises(ValueError) as info:
+        TsallisGRPOTrainer(
+            tiny_model(tok), reward_funcs=exact_match, args=TsallisGRPOConfig(**common_args()),
+            train_dataset=no_answer, processing_class=tok,
+        )  # fmt: skip
+    msg = str(info.value)
+    assert "'answer'" in msg and "tsallis_answer_column" in msg and "tsallis_weight='reward'" in msg
+
+
+@pytest.mark.parametrize(
+    "template", [None, "{% for m in messages %}{{ m['content'] }}{% endfor %}"]
+)
+def test_answer_prefix_defaults_to_the_own_trainers_rule(tok, template):
+    import copy
+
+    from tsallis_rl.config import TrainConfig
+    from tsallis_rl.tasks import get_task
+    from tsallis_rl.trainer import Encoder
+
+    tk = copy.deepcopy(tok)
+    tk.chat_template = template
+    trainer = TsallisGRPOTrainer(
+        tiny_model(tk), reward_funcs=exact_match, args=TsallisGRPOConfig(**common_args()),
+        train_dataset=dataset(), processing_class=tk,
+    )  # fmt: skip
+    own = Encoder.build(tk, get_task("chainsum"), TrainConfig(task="chainsum"))
+    assert trainer._tsallis_answer_prefix == own.answer_prefix == ("\n\n" if template else "")
+
+
+def test_fp16_model_gets_a_nonzero_gradient_from_float32_coefficients(tok, monkeypatch):
+    """The surrogate is formed in float32 (coefficients never cast to fp16) and the fp16 model's
+    parameters receive a finite, non-zero gradient; coef_underflow reports what fp16 loses."""
+    model = tiny_model(tok).half()
+    args = TsallisGRPOConfig(**common_args(), tsallis_q=0.75)
+    trainer = TsallisGRPOTrainer(
+        model, reward_funcs=exact_match, args=args, train_dataset=dataset(), processing_class=tok
+    )
+    trainer.model.train()
+    out = trainer._generate_and_score_completions(generation_inputs())
+    trainer.current_gradient_accumulation_steps = 1
+    # TRL's fused head returns float32 log-probs; older paths return the model's fp16 ones: force
+    # that case, so a coefficient cast to fp16 (or an fp16 surrogate) would show here.
+    scorer = trainer._get_per_token_logps_and_entropies
+
+    def fp16_logps(*a, **k):
+        logps, ent, aux = scorer(*a, **k)
+        return logps.half(), ent, aux
+
+    monkeypatch.setattr(trainer, "_get_per_token_logps_and_entropies", fp16_logps)
+    loss = trainer.compute_loss(trainer.model, out)
+    assert loss.dtype == torch.float32
+    loss.backward()
+    grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().max() > 0 for g in grads)
+    assert 0.0 <= trainer._metrics["train"]["tsallis/coef_underflow"][-1] <= 1.0

@@ -359,3 +359,46 @@ def test_recipe_overrides_compose_against_verls_config(tmp_path):
     assert cfg.actor_rollout_ref.rollout.n == 32
     assert Path(cfg.reward.custom_reward_function.path).is_file()
     assert Path(cfg.data.train_files).is_file()
+
+
+# --------------------------------------------------------------------------------------------------
+# compute_score feeds verl's validation metrics (maj@N needs "pred")
+
+
+def test_exported_reward_gives_verl_maj_at_16_and_best_at_16_is_a_bootstrap(tmp_path):
+    """16 answers per prompt scored by the exported reward_fn.py, then verl's own
+    process_validation_metrics: maj@16 appears (it needs "pred"), follows the majority vote, and
+    best@16 is a bootstrap mean, not "any of the 16 is correct" (the paper's p@16)."""
+    import importlib.util
+
+    from verl.trainer.ppo.metric_utils import process_validation_metrics
+
+    from tsallis_rl.cli import main
+
+    fixture = Path(__file__).parent / "fixtures" / "verl" / "qa.jsonl"
+    out = tmp_path / "verl"
+    argv = ["export", "verl", "--task", "jsonl", "--data", str(fixture), "--out", str(out)]
+    assert main([*argv, "--val-size", "2", "--test-size", "2"]) == 0
+    spec = importlib.util.spec_from_file_location("exported_reward_fn", out / "reward_fn.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    answers = {  # uid -> (gold, 16 sampled answers)
+        "one_right": ("Paris", ["Paris"] + ["Lyon"] * 15),
+        "majority_right": ("Paris", ["Paris"] * 9 + ["Lyon"] * 7),
+        "majority_wrong": ("Paris", ["Paris"] * 7 + ["Lyon"] * 9),
+    }
+    sources, uids, infos = [], [], {"score": [], "pred": []}
+    for uid, (gold, preds) in answers.items():
+        for p in preds:
+            res = module.compute_score(uid, f"<think>hm</think>{p}", gold, {"task": "jsonl"})
+            sources.append(uid)  # one data source per case: verl averages metrics per source
+            uids.append(uid)
+            for key in infos:
+                infos[key].append(res[key])
+    metrics = process_validation_metrics(sources, uids, infos)
+    score = {uid: metrics[uid]["score"] for uid in answers}
+    assert score["majority_right"]["maj@16/mean"] > 0.5 > score["majority_wrong"]["maj@16/mean"]
+    # one correct answer in 16: the paper's p@16 is 1; verl's best@16 resamples 16 of the 16 with
+    # replacement, so its mean is about 1 - (15/16)**16 = 0.64
+    assert abs(score["one_right"]["best@16/mean"] - (1 - (15 / 16) ** 16)) < 0.05
+    assert score["one_right"]["mean@16"] == 1 / 16

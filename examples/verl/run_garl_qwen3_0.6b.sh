@@ -1,10 +1,22 @@
 #!/usr/bin/env bash
 # GARL (or PAFT) on Qwen3-0.6B with verl 0.9: one node of 8 GPUs; multi-node at the bottom.
 #
-#   pip install 'tsallis-rl[verl]' vllm          # verl pins transformers<5.11; a GPU venv of its own
-#   bash examples/verl/run_garl_qwen3_0.6b.sh                        # FinQA, cold start, GARL q=0.75
-#   TASK=hotpotqa DATA=../shared/data/hotpotqa REGIME=warm ESTIMATOR=paft Q=0.75 \
-#       bash examples/verl/run_garl_qwen3_0.6b.sh trainer.total_epochs=2     # extra args go to verl
+#   pip install -e ".[verl]" vllm     # from a clone (not on PyPI); verl pins transformers<5.11:
+#                                     # a GPU venv of its own. Or: pip install "tsallis-rl[verl] @ git+URL"
+#   bash examples/verl/run_garl_qwen3_0.6b.sh                        # FinQA, warm start, GARL q=0.75
+#   TASK=hotpotqa DATA=../shared/data/hotpotqa ESTIMATOR=paft Q=0.75 \
+#       bash examples/verl/run_garl_qwen3_0.6b.sh trainer.total_epochs=20    # extra args go to verl
+#
+# TRAINING STEPS: verl drops the last incomplete batch, so a run makes
+# floor(train rows / PROMPTS_PER_STEP) x trainer.total_epochs steps. The default data
+# (../shared/data/finqa: train_100.json, 100 questions) with PROMPTS_PER_STEP=64 and one epoch gives
+# ONE training step: a smoke test, not a run. For a real run export the full FinQA train split
+# (6,145 questions: 96 steps per epoch) or pass trainer.total_epochs / PROMPTS_PER_STEP.
+#
+# COLD START: with REGIME=cold the 0/1 rewards of a cold model are all 0, so every group gets
+# weight 0 and no gradient (like GRPO). This script refuses REGIME=cold unless ALLOW_COLD_REWARD=1;
+# the paper's cold-start escape needs the teacher-forced weight w = p(y*|x, z): use `tsallis-rl
+# train` or the TRL adapter (tsallis_weight="answer_likelihood") for that.
 #
 # The paper's setting (METHOD.md section 5): M = 32 rollouts per prompt, q = 0.75 to escape a cold
 # start, exact-match training reward, 16 validation samples scored by substring match. What differs
@@ -15,7 +27,7 @@ set -euo pipefail
 
 TASK=${TASK:-finqa}                          # finqa | hotpotqa | musique | jsonl | rg:<spec>
 DATA=${DATA:-../shared/data/finqa}           # file or directory the task reads (none for rg:)
-REGIME=${REGIME:-cold}                       # warm: instructions in the prompt; cold: linearised
+REGIME=${REGIME:-warm}                       # warm: instructions in the prompt; cold: linearised
 ESTIMATOR=${ESTIMATOR:-garl}                 # garl (Algorithm 1) | paft (Algorithm 2)
 Q=${Q:-0.75}                                 # commitment q in [0, 1]
 MODEL=${MODEL:-Qwen/Qwen3-0.6B}
@@ -24,6 +36,19 @@ NNODES=${NNODES:-1}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 PROMPTS_PER_STEP=${PROMPTS_PER_STEP:-64}     # x 32 rollouts = 2048 sequences per step
 MAX_RESPONSE=${MAX_RESPONSE:-4096}           # the paper's FinQA budget (HotPotQA 3072, MuSiQue 2048)
+
+if [[ "$REGIME" == cold && "${ALLOW_COLD_REWARD:-0}" != 1 ]]; then
+  cat >&2 <<'MSG'
+==================================================================================================
+REFUSING: REGIME=cold with verl's 0/1 reward weights. A cold model answers (almost) nothing right,
+so every group's weights are 0 and GARL/PAFT get no gradient here, exactly like GRPO. The paper's
+cold-start escape uses the teacher-forced weight w = p(y*|x, z), which this verl adapter does not
+compute: run `tsallis-rl train --regime cold ...` or the TRL adapter (tsallis_weight=
+"answer_likelihood") instead. Set ALLOW_COLD_REWARD=1 to run this anyway.
+==================================================================================================
+MSG
+  exit 2
+fi
 
 # 1. data: verl parquet (train/val/test) + reward_fn.py with this project's matching
 if [[ ! -f "$OUT/train.parquet" ]]; then
@@ -68,7 +93,8 @@ python3 -m verl.trainer.main_ppo \
   reward.custom_reward_function.path="$OUT/reward_fn.py" \
   reward.custom_reward_function.name=compute_score \
   `# validation: 16 samples per prompt; verl logs mean@16 / best@16 / maj@16 of every key the reward` \
-  `# returns: substring_match gives the paper's p@1, p@16 and m@16` \
+  `# returns (maj@N votes on its "pred"). mean@16 of substring_match is the paper's p@1; best@16 and` \
+  `# maj@16 are bootstrap estimates, not the paper's p@16 / m@16: run tsallis-rl eval (docs/verl.md)` \
   actor_rollout_ref.rollout.val_kwargs.n=16 \
   actor_rollout_ref.rollout.val_kwargs.do_sample=True \
   actor_rollout_ref.rollout.val_kwargs.temperature=1.0 \

@@ -148,7 +148,7 @@ class TrainConfig:
     # ----------------------------------------------------------------------------------------------
     def validate(self, source: str = "config") -> TrainConfig:
         """Raise ConfigError naming the first bad field; returns self."""
-        from tsallis_rl.estimators import list_estimators
+        from tsallis_rl.estimators import get_estimator_spec, list_estimators
 
         def bad(name: str, why: str) -> None:
             raise ConfigError(f"{source}: {name} = {getattr(self, name)!r}: {why}")
@@ -205,14 +205,12 @@ class TrainConfig:
                 )
             if q is not None and not (0.0 <= q <= 1.0):
                 raise ConfigError(f"{source}: estimators: q = {q} for {name!r} must lie in [0, 1]")
-            if (
-                name in ("garl", "rb_rloo", "grpo")
-                and self.baseline == "rloo"
-                and self.num_rollouts < 2
-            ):
-                bad("num_rollouts", f"{name} with a leave-one-out/group baseline needs M >= 2")
-            if name == "grpo" and self.answer_budget < 1:
-                bad("answer_budget", "GRPO samples its answer: needs >= 1")
+            spec = get_estimator_spec(name)
+            need = spec.required_rollouts({"baseline": self.baseline})
+            if self.num_rollouts < need:
+                bad("num_rollouts", f"{name} (leave-one-out/group baseline) needs M >= {need}")
+            if spec.needs_answer_budget and self.answer_budget < 1:
+                bad("answer_budget", f"{name} samples its answer: needs >= 1")
         if self.eval_every and self.answer_budget < 1:
             bad("answer_budget", "evaluation samples answers: needs >= 1")
         if self.resume and self.overwrite:

@@ -18,9 +18,12 @@ Usage:
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -41,12 +44,33 @@ class EstimatorOutput:
     extras: dict[str, Tensor] = field(default_factory=dict)
 
 
+INPUT_KINDS = ("teacher_forced", "sampled_reward")
+
+# Keyword inputs an estimator may declare (data built by the trainer, not options a user sets):
+# per-token teacher-forced answer log-probs [B, M, T] + mask, and the per-example no-rationale
+# baseline's per-token answer log-probs [B, T] + mask (computed once with the starting model).
+TOKEN_INPUTS = ("answer_token_logp", "answer_mask")
+NO_RATIONALE_INPUTS = ("no_rationale_token_logp", "no_rationale_mask")
+_POSITIONAL = {
+    "teacher_forced": ("rationale_logp", "answer_logp", "q"),
+    "sampled_reward": ("token_logp", "token_mask", "rewards"),
+}
+
+
 @dataclass(frozen=True)
 class EstimatorSpec:
-    """What the trainer needs to know about an estimator: its function and the inputs it consumes.
+    """What the trainer and the adapters need to know about an estimator, so nobody names it.
 
-    inputs = "teacher_forced": fn(rationale_logp, answer_logp, q, **options)
-    inputs = "sampled_reward": fn(token_logp, token_mask, rewards, **options)
+    inputs = "teacher_forced": fn(rationale_logp [B, M], answer_logp [B, M], q, **options) on rollouts
+      with the gold answer teacher-forced after each rationale; with `needs_answer_tokens` also
+      answer_token_logp / answer_mask [B, M, T]; with `needs_no_rationale` also
+      no_rationale_token_logp / no_rationale_mask [B, T] (the gold answer with no rationale, scored
+      once per example by the starting model).
+    inputs = "sampled_reward": fn(token_logp [B, M, T], token_mask [B, M, T], rewards [B, M], **options)
+      on rollouts whose answer was sampled (needs an answer budget) and scored by the task's reward.
+    min_rollouts: the M it needs per prompt (2 for leave-one-out / group baselines); with a `baseline`
+      option set to "none" it needs 1 (see `required_rollouts`).
+    options: the keyword options its signature takes (bound from the config by name).
     """
 
     name: str
@@ -54,21 +78,78 @@ class EstimatorSpec:
     inputs: str
     uses_q: bool
     description: str
+    min_rollouts: int = 1
+    needs_answer_tokens: bool = False
+    needs_no_rationale: bool = False
+    options: tuple[str, ...] = ()
+
+    @property
+    def needs_answer_budget(self) -> bool:
+        """True when rollouts must sample their answer (and the task's reward scores it)."""
+        return self.inputs == "sampled_reward"
+
+    @property
+    def needs_rewards(self) -> bool:
+        """True when the estimator consumes rewards of sampled answers instead of teacher-forced w."""
+        return self.inputs == "sampled_reward"
+
+    @property
+    def sequence_only(self) -> bool:
+        """True for teacher-forced estimators that need only the [B, M] sums (what TRL provides)."""
+        return self.inputs == "teacher_forced" and not (
+            self.needs_answer_tokens or self.needs_no_rationale
+        )
+
+    def required_rollouts(self, options: Mapping[str, Any] | None = None) -> int:
+        """M this estimator needs with these options (a `baseline` of "none" drops the LOO need)."""
+        opts = options or {}
+        if "baseline" in self.options and opts.get("baseline", "rloo") == "none":
+            return 1
+        return self.min_rollouts
+
+    def bind(self, q: float, options: Mapping[str, Any]) -> Callable[..., EstimatorOutput]:
+        """`fn` with q (when it uses one) and every option its signature takes bound; None = default."""
+        opts = {k: v for k, v in options.items() if k in self.options and v is not None}
+        if self.inputs == "teacher_forced" and self.uses_q:
+            return functools.partial(self.fn, q=float(q), **opts)
+        return functools.partial(self.fn, **opts)
 
 
 _REGISTRY: dict[str, EstimatorSpec] = {}
 
 
+def _signature_options(fn: Callable[..., Any], inputs: str) -> tuple[str, ...]:
+    skip = set(_POSITIONAL[inputs]) | set(TOKEN_INPUTS) | set(NO_RATIONALE_INPUTS)
+    params = inspect.signature(fn).parameters.values()
+    return tuple(p.name for p in params if p.name not in skip and p.kind is p.KEYWORD_ONLY)
+
+
 def register_estimator(
-    name: str, *, inputs: str = "teacher_forced", uses_q: bool = True, description: str = ""
+    name: str,
+    *,
+    inputs: str = "teacher_forced",
+    uses_q: bool = True,
+    description: str = "",
+    min_rollouts: int = 1,
+    needs_answer_tokens: bool = False,
+    needs_no_rationale: bool = False,
+    override: bool = False,
 ) -> Callable[[Callable[..., EstimatorOutput]], Callable[..., EstimatorOutput]]:
-    """Decorator: register `fn` under `name` (lower-case). Re-registering a name replaces it."""
-    if inputs not in ("teacher_forced", "sampled_reward"):
+    """Decorator: register `fn` under `name` (lower-case). A taken name raises unless override=True."""
+    if inputs not in INPUT_KINDS:
         raise ValueError(f"inputs must be 'teacher_forced' or 'sampled_reward', got {inputs!r}")
+    key = name.lower()
+    if key in _REGISTRY and not override:
+        raise ValueError(
+            f"estimator {key!r} is already registered; pass override=True to replace it"
+        )
 
     def deco(fn: Callable[..., EstimatorOutput]) -> Callable[..., EstimatorOutput]:
         doc = description or (fn.__doc__ or "").strip().splitlines()[0]
-        _REGISTRY[name.lower()] = EstimatorSpec(name.lower(), fn, inputs, uses_q, doc)
+        _REGISTRY[key] = EstimatorSpec(
+            key, fn, inputs, uses_q, doc, min_rollouts, needs_answer_tokens, needs_no_rationale,
+            _signature_options(fn, inputs),
+        )  # fmt: skip
         return fn
 
     return deco
@@ -90,6 +171,24 @@ def get_estimator(name: str) -> Callable[..., EstimatorOutput]:
 def list_estimators() -> list[str]:
     """Registered estimator names, sorted."""
     return sorted(_REGISTRY)
+
+
+def coef_underflow(out: EstimatorOutput, dtype: torch.dtype) -> float:
+    """Fraction of the non-zero float64 per-sample coefficients that round to 0 in `dtype`.
+
+    The surrogate multiplies `rationale_grad` / `answer_grad` into log-probs of the working dtype
+    (float32 here, fp16/bf16 elsewhere); a coefficient below that dtype's smallest subnormal
+    (about 1.4e-45 in float32) is lost there. 0.0 when the output carries no such coefficients.
+    """
+    grads = [g for g in (out.rationale_grad, out.answer_grad) if g is not None]
+    if not grads:
+        return 0.0
+    g = torch.cat([x.reshape(-1) for x in grads])
+    nonzero = g != 0
+    if not nonzero.any():
+        return 0.0
+    lost = nonzero & (g.to(dtype) == 0)
+    return (lost.sum() / nonzero.sum()).item()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -272,7 +371,9 @@ def garl_coefficients(
     return c / scale, ratio / scale, stats
 
 
-@register_estimator("garl", description="Gradient-amplified RL (Algorithm 1), commitment q")
+@register_estimator(
+    "garl", min_rollouts=2, description="Gradient-amplified RL (Algorithm 1), commitment q"
+)
 def garl_loss(
     rationale_logp: Tensor,
     answer_logp: Tensor,
@@ -297,7 +398,10 @@ def garl_loss(
 
 
 @register_estimator(
-    "rb_rloo", uses_q=False, description="RLOO with the Rao-Blackwellised reward w (GARL at q = 0)"
+    "rb_rloo",
+    uses_q=False,
+    min_rollouts=2,
+    description="RLOO with the Rao-Blackwellised reward w (GARL at q = 0)",
 )
 def rb_rloo_loss(
     rationale_logp: Tensor, answer_logp: Tensor, q: float = 0.0, *, pathwise: bool = True
@@ -396,7 +500,11 @@ def group_advantages(rewards: Tensor, *, scale_rewards: bool = True, eps: float 
 
 
 @register_estimator(
-    "grpo", inputs="sampled_reward", uses_q=False, description="GRPO baseline (exact-match reward)"
+    "grpo",
+    inputs="sampled_reward",
+    uses_q=False,
+    min_rollouts=2,
+    description="GRPO baseline (exact-match reward)",
 )
 def grpo_loss(
     token_logp: Tensor,
@@ -453,3 +561,287 @@ def grpo_loss(
         "max_adv": adv64.max().item(),
     }
     return EstimatorOutput(loss, stats, advantages=adv64)
+
+
+# --------------------------------------------------------------------------------------------------
+# Peer objectives that also score a rationale by the gold answer (PEERS.md). Each is computed from
+# its own formula (not by calling GARL), so the tests that relate them to J_Q compare two codes.
+
+
+def _check_no_q(name: str, q: float | None, allowed: float | None = None) -> None:
+    """These estimators fix their place on the continuum; q is accepted only as that value (or None)."""
+    if q is None or (allowed is not None and float(q) == allowed):
+        return
+    fixed = "no q" if allowed is None else f"q = {allowed:g}"
+    raise ValueError(f"{name} takes {fixed}; got q = {q} (use 'garl' to choose q)")
+
+
+def _check_rollouts(name: str, M: int, need: int) -> None:
+    if M < need:
+        raise ValueError(f"{name} needs M >= {need} samples per prompt, got M = {M}")
+
+
+def _loo_mean(x: Tensor) -> Tensor:
+    """mean_{j != m} x[b, j] for every m as a masked sum (no w_sum - w_m cancellation): [B, M] -> [B, M].
+
+    -inf entries give -inf for every m but their own (sums of logs of zero weights).
+    """
+    M = x.shape[1]
+    off = ~torch.eye(M, dtype=torch.bool, device=x.device)
+    return torch.where(off, x[:, None, :], torch.zeros((), dtype=x.dtype)).sum(-1) / (M - 1)
+
+
+@register_estimator(
+    "verifree", uses_q=False, min_rollouts=2, description="VeriFree: E_z[w], RLOO on w + pathwise"
+)
+def verifree_loss(
+    rationale_logp: Tensor, answer_logp: Tensor, q: float | None = None
+) -> EstimatorOutput:
+    """VeriFree (Zhou et al. 2025, "Reinforcing General Reasoning without Verifiers", sail-sg/VeriFree).
+
+    Maximises E_z[w], w = p(y*|x, z): -(1/(B M)) sum_m [(w_m - mean_{j!=m} w_j) grad log p(z_m|x)
+    + w_m grad log p(y*|x, z_m)]. Relation to J_Q: the gradient of J_0 = E[P] estimated with an RLOO
+    baseline on w plus the pathwise term, i.e. exactly GARL at q = 0 (RB-RLOO; tested to 1e-12).
+    rationale_logp, answer_logp: [B, M]. Weights below exp(-745) are 0 in float64 and contribute 0.
+    """
+    _check_pair(rationale_logp, answer_logp)
+    _check_no_q("verifree", q, 0.0)
+    B, M = rationale_logp.shape
+    _check_rollouts("verifree", M, 2)
+    w = torch.exp(answer_logp.detach().to(torch.float64))  # [B, M]
+    c = w - _loo_mean(w)
+    grad_z, grad_y = -c / (B * M), -w / (B * M)
+    loss = _linear_surrogate(rationale_logp, grad_z) + _linear_surrogate(answer_logp, grad_y)
+    stats = _weight_summary(weight_stats(answer_logp))
+    stats["max_adv"] = c.max().item()
+    stats["mean_abs_adv"] = c.abs().mean().item()
+    return EstimatorOutput(loss, stats, rationale_grad=grad_z, answer_grad=grad_y)
+
+
+@register_estimator(
+    "loglik",
+    uses_q=False,
+    min_rollouts=2,
+    description="E_z[log w] (LaTRO w/o KL, JEPO, log-prob reward)",
+)
+def loglik_loss(
+    rationale_logp: Tensor,
+    answer_logp: Tensor,
+    q: float | None = None,
+    *,
+    baseline: str = "rloo",
+    pathwise: bool = True,
+) -> EstimatorOutput:
+    """The evidence lower bound E_z[log w]: LaTRO without its KL term (Chen et al. 2024,
+    SalesforceAIResearch/LaTRO), JEPO's single-sample objective (Tang et al. 2025) and the
+    log-probability reward (Kwiatkowski et al. 2026, arXiv 2602.03979).
+
+    Gradient: -(1/(B M)) sum_m [(log w_m - mean_{j!=m} log w_j) grad log p(z_m|x) + grad log w_m]
+    (baseline "none": log w_m itself as the signal). Relation to J_Q: E[log w] <= log E[w] = -l_1
+    (Jensen), so it is a lower bound of the q = 1 objective whose gap is the spread of log w over z;
+    unlike GARL q = 1 every rationale's answer gets the same pathwise weight 1/M, not w_m / sum w.
+    rationale_logp, answer_logp: [B, M]; answer_logp must be finite (log 0 makes the bound -inf).
+    """
+    _check_pair(rationale_logp, answer_logp)
+    _check_no_q("loglik", q)
+    if baseline not in ("rloo", "none"):
+        raise ValueError(f"baseline must be 'rloo' or 'none', got {baseline!r}")
+    B, M = rationale_logp.shape
+    if baseline == "rloo":
+        _check_rollouts("loglik with the RLOO baseline", M, 2)
+    log_w = answer_logp.detach().to(torch.float64)
+    if not torch.isfinite(log_w).all():
+        raise ValueError("loglik needs finite answer_logp: log w = -inf makes E[log w] = -inf")
+    c = log_w - _loo_mean(log_w) if baseline == "rloo" else log_w
+    grad_z = -c / (B * M)
+    grad_y = torch.full_like(c, -1.0 / (B * M)) if pathwise else torch.zeros_like(c)
+    loss = _linear_surrogate(rationale_logp, grad_z) + _linear_surrogate(answer_logp, grad_y)
+    stats = _weight_summary(weight_stats(answer_logp))
+    stats["mean_log_w"] = log_w.mean().item()
+    stats["max_adv"] = c.max().item()
+    stats["mean_abs_adv"] = c.abs().mean().item()
+    return EstimatorOutput(loss, stats, rationale_grad=grad_z, answer_grad=grad_y)
+
+
+@register_estimator(
+    "iwae",
+    uses_q=False,
+    min_rollouts=2,
+    description="log mean_m w_m (IWAE / JEPO multi-sample), VIMCO",
+)
+def iwae_loss(
+    rationale_logp: Tensor,
+    answer_logp: Tensor,
+    q: float | None = None,
+    *,
+    pathwise: bool = True,
+    normalize: bool = True,
+) -> EstimatorOutput:
+    """The multi-sample bound L = log (1/M) sum_m w_m (IWAE, Burda et al. 2016; JEPO's multi-sample
+    objective), with VIMCO's leave-one-out baseline (Mnih & Rezende 2016) on the rationale term.
+
+    Unbiased gradient of E[L]: sum_m (L - L_-m) grad log p(z_m|x) + sum_m (w_m / sum_j w_j) grad log w_m,
+    where L_-m = log (1/M)(sum_{j!=m} w_j + w_hat_-m) and w_hat_-m = exp(mean_{j!=m} log w_j) is the
+    geometric mean of the others (independent of z_m, so the baseline keeps the expectation).
+    normalize=True divides by M, as GARL's 1/M**q does at q = 1, so both share the same pathwise term.
+    Relation to J_Q and to GARL at q = 1: the pathwise terms are identical; the rationale signal differs:
+    GARL q = 1 uses w_m / w_bar - 1 (self-normalised, biased O(1/M) for grad log P, no Jensen gap),
+    iwae uses L - L_-m (unbiased for the bound, which is below log P by a Jensen gap that shrinks
+    with M). A sample whose leave-one-out baseline is log 0 (every other w exactly 0) and an all-zero
+    group get rationale signal 0. rationale_logp, answer_logp: [B, M].
+    """
+    _check_pair(rationale_logp, answer_logp)
+    _check_no_q("iwae", q)
+    B, M = rationale_logp.shape
+    _check_rollouts("iwae (VIMCO baseline)", M, 2)
+    ws = weight_stats(answer_logp)
+    rel = ws.rel_log_w  # log w - max log w: O(1) for the weights that matter
+    bound = ws.rel_log_w_bar[:, None]  # L - max log w, [B, 1]
+    others = _logsumexp_excluding_each(rel)  # log sum_{j!=m} w_j (relative)
+    loo = _logaddexp(others, _loo_mean(rel)) - math.log(M)  # L_-m (relative)
+    signal = bound - loo
+    signal = torch.where(torch.isfinite(signal), signal, torch.zeros_like(signal))
+    w_norm = torch.softmax(torch.where(ws.zero_group[:, None], 0.0, rel), dim=1)
+    w_norm = torch.where(ws.zero_group[:, None], torch.zeros_like(w_norm), w_norm)
+    scale = B * (M if normalize else 1)
+    grad_z = -signal / scale
+    grad_y = -w_norm / scale if pathwise else torch.zeros_like(w_norm)
+    loss = _linear_surrogate(rationale_logp, grad_z) + _linear_surrogate(answer_logp, grad_y)
+    stats = _weight_summary(ws)
+    stats["max_adv"] = signal.max().item()
+    stats["mean_abs_adv"] = signal.abs().mean().item()
+    return EstimatorOutput(loss, stats, rationale_grad=grad_z, answer_grad=grad_y)
+
+
+def _mean_token_prob(token_logp: Tensor, mask: Tensor) -> Tensor:
+    """Mean over unmasked tokens of exp(token_logp), float64: [..., T] -> [...] (0 with no tokens)."""
+    on = mask.detach() != 0
+    lp = torch.where(on, token_logp.detach().to(torch.float64), -math.inf)
+    return torch.exp(lp).sum(-1) / on.sum(-1).clamp(min=1)
+
+
+@register_estimator(
+    "rlpr",
+    uses_q=False,
+    min_rollouts=2,
+    needs_answer_tokens=True,
+    needs_no_rationale=True,
+    description="RLPR: mean token prob of y* minus no-rationale baseline, GRPO advantages",
+)
+def rlpr_loss(
+    rationale_logp: Tensor,
+    answer_logp: Tensor,
+    q: float | None = None,
+    *,
+    answer_token_logp: Tensor,
+    answer_mask: Tensor,
+    no_rationale_token_logp: Tensor,
+    no_rationale_mask: Tensor,
+    scale_rewards: bool = True,
+    min_reward_std: float = 0.0,
+) -> EstimatorOutput:
+    """RLPR (Yu et al. 2025, "RLPR: Extrapolating RLVR to General Domains without Verifiers",
+    OpenBMB/RLPR): reward r_m = mean_t p(y*_t | x, z_m, y*_<t) minus the same without a rationale
+    (computed once per example with the starting model), clipped at 0; group-normalised advantages
+    A = (r - mean) / (std + 1e-4) (scale_rewards=False: r - mean) on the rationale, no pathwise term.
+
+    Loss: -(1/(B M)) sum_m A_m log p(z_m|x) (sequence sums; on-policy, so PPO's clip is inactive).
+    Groups whose reward std is below min_reward_std get A = 0 (RLPR's std filter, fixed threshold).
+    Relation to J_Q: a shaped, length-normalised q = 0 reward (a monotone proxy for w) with no
+    pathwise term, so the answer's own likelihood is never trained directly.
+    rationale_logp, answer_logp: [B, M]; answer_token_logp, answer_mask: [B, M, T] (per-token log-probs of
+    the teacher-forced answer, 1 = token); no_rationale_token_logp, no_rationale_mask: [B, T'].
+    """
+    _check_pair(rationale_logp, answer_logp)
+    _check_no_q("rlpr", q)
+    B, M = rationale_logp.shape
+    _check_rollouts("rlpr (group-normalised advantages)", M, 2)
+    if answer_token_logp.dim() != 3 or answer_token_logp.shape[:2] != (B, M):
+        raise ValueError(
+            f"answer_token_logp must have shape [B, M, T] = [{B}, {M}, T], "
+            f"got {tuple(answer_token_logp.shape)}"
+        )
+    if answer_mask.shape != answer_token_logp.shape:
+        raise ValueError("answer_mask must have the shape of answer_token_logp")
+    if no_rationale_token_logp.dim() != 2 or no_rationale_token_logp.shape[0] != B:
+        raise ValueError(
+            f"no_rationale_token_logp must have shape [B, T] with B = {B}, "
+            f"got {tuple(no_rationale_token_logp.shape)}"
+        )
+    if no_rationale_mask.shape != no_rationale_token_logp.shape:
+        raise ValueError("no_rationale_mask must have the shape of no_rationale_token_logp")
+    prob = _mean_token_prob(answer_token_logp, answer_mask)  # [B, M]
+    base = _mean_token_prob(no_rationale_token_logp, no_rationale_mask)  # [B]
+    reward = (prob - base[:, None]).clamp(min=0.0)
+    adv = group_advantages(reward, scale_rewards=scale_rewards)
+    if min_reward_std > 0:
+        low = reward.std(dim=1, keepdim=True) < min_reward_std
+        adv = torch.where(low, torch.zeros_like(adv), adv)
+    grad_z = -adv / (B * M)
+    grad_y = torch.zeros_like(grad_z)
+    loss = _linear_surrogate(rationale_logp, grad_z) + _linear_surrogate(answer_logp, grad_y)
+    stats = _weight_summary(weight_stats(answer_logp))
+    stats.update(
+        reward=reward.mean().item(),
+        mean_token_prob=prob.mean().item(),
+        no_rationale_prob=base.mean().item(),
+        frac_reward_zero_std=(reward.std(dim=1) == 0).double().mean().item(),
+        max_adv=adv.max().item(),
+    )
+    return EstimatorOutput(
+        loss,
+        stats,
+        rationale_grad=grad_z,
+        answer_grad=grad_y,
+        advantages=adv,
+        extras={"reward": reward},
+    )
+
+
+@register_estimator(
+    "rft",
+    inputs="sampled_reward",
+    uses_q=False,
+    description="Rejection-sampling fine-tuning / STaR: ML on accepted sampled (z, y)",
+)
+def rft_loss(
+    token_logp: Tensor, token_mask: Tensor, rewards: Tensor, *, group_mean: bool = True
+) -> EstimatorOutput:
+    """Rejection-sampling fine-tuning: STaR without rationalisation (Zelikman et al. 2022), RAFT
+    (Dong et al. 2023), ReST-EM (Singh et al. 2023): maximum likelihood of the sampled (z, y_hat)
+    whose answer the reward accepts (reward > 0), zero gradient when none of a group is accepted.
+
+    Loss: -(1/B) sum_b sum_m a_bm / n_b * sum_t log p(token_t) with a = 1[reward > 0] and n_b the
+    number accepted in group b (group_mean=False: n_b = M). Relation to J_Q: EM with a binary weight,
+    i.e. the q = 1 gradient of log P(accepted) with self-normalised binary weights (group_mean=True),
+    or plain REINFORCE of E[accepted] without baseline, q = 0 (group_mean=False); the model's own
+    answer is trained, the gold answer never is.
+    token_logp, token_mask: [B, M, T] (sampled rationale and answer tokens; forced ones masked out);
+    rewards: [B, M].
+    """
+    if token_logp.dim() != 3:
+        raise ValueError(f"token_logp must have shape [B, M, T], got {tuple(token_logp.shape)}")
+    if token_mask.shape != token_logp.shape:
+        raise ValueError(
+            f"token_mask shape {tuple(token_mask.shape)} != token_logp {tuple(token_logp.shape)}"
+        )
+    if rewards.shape != token_logp.shape[:2]:
+        raise ValueError(
+            f"rewards must have shape [B, M] = {tuple(token_logp.shape[:2])}, got {tuple(rewards.shape)}"
+        )
+    if torch.isnan(rewards).any():
+        raise ValueError("rewards has NaN entries")
+    B, M, _ = token_logp.shape
+    accepted = (rewards.detach() > 0).to(torch.float64)  # [B, M]
+    n = accepted.sum(dim=1, keepdim=True)
+    weight = accepted / (n.clamp(min=1.0) if group_mean else float(M))
+    on = (token_mask.detach() != 0).to(torch.float64)
+    coef = -(weight / B)[:, :, None] * on  # [B, M, T] d loss / d token_logp
+    loss = _linear_surrogate(token_logp, coef)
+    stats = {
+        "reward": rewards.detach().double().mean().item(),
+        "frac_groups_none_accepted": (n == 0).double().mean().item(),
+        "accepted_per_group": n.mean().item(),
+        "max_adv": weight.max().item(),
+    }
+    return EstimatorOutput(loss, stats, advantages=weight, extras={"token_grad": coef})

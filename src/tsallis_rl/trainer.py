@@ -7,7 +7,8 @@ the per-rollout log-probs into a surrogate loss; its gradient is applied in micr
   * if all B*M rollouts fit in one micro-batch, one forward with grad feeds the estimator directly;
   * otherwise a no-grad scoring pass gives the log-probs, autograd gives d loss / d log-prob from
     the estimator on those values, and each micro-batch is recomputed with grad and back-propagated
-    with those fixed coefficients. Both give the estimator's gradient exactly (tested).
+    with those fixed coefficients. Both give the estimator's gradient exactly (tested). This plumbing
+    lives in `tsallis_rl.gradient`, driven by the estimator's `EstimatorSpec`.
 
 Run directory (written through tsallis_rl.rundir, which owns its layout, atomic swaps and recovery):
 config.yaml, metrics.jsonl, checkpoints/step-N (HF weights + optimizer/scheduler/per-rank RNG state),
@@ -16,13 +17,12 @@ best/ (HF model + tokenizer, from_pretrained-loadable), final.json.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import random
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,10 +33,17 @@ from torch import Tensor
 from tsallis_rl import rundir
 from tsallis_rl.config import ConfigError, TrainConfig
 from tsallis_rl.estimators import get_estimator_spec
+from tsallis_rl.gradient import apply_gradient, no_rationale_rows, stack_rows
 from tsallis_rl.metrics import score_samples
-from tsallis_rl.rollout import ANSWER, RATIONALE, Rollout, sample, score
+from tsallis_rl.rollout import ANSWER, Rollout, sample, score
 from tsallis_rl.rundir import Loggers, json_safe, read_jsonl, write_atomic
-from tsallis_rl.tasks.base import THINK_CLOSE, Example, Task, format_for_model
+from tsallis_rl.tasks.base import (
+    THINK_CLOSE,
+    Example,
+    Task,
+    default_answer_prefix,
+    format_for_model,
+)
 
 # --------------------------------------------------------------------------------------------------
 # q schedules (pure)
@@ -75,7 +82,8 @@ class Encoder:
         chat = {"auto": has_template, "on": True, "off": False}[cfg.chat_template]
         if chat and not has_template:
             raise ConfigError("chat_template = 'on' but the tokenizer has no chat template")
-        prefix = ("\n\n" if chat else "") if cfg.answer_prefix == "auto" else cfg.answer_prefix
+        auto = cfg.answer_prefix == "auto"
+        prefix = default_answer_prefix(chat=chat) if auto else cfg.answer_prefix
         return cls(tokenizer, task, cfg.regime, chat, prefix)
 
     def ids(self, text: str) -> list[int]:
@@ -109,80 +117,6 @@ class Encoder:
 
     def decode(self, r: Rollout) -> str:
         return self.tokenizer.decode(r.rationale + r.forced + r.answer, skip_special_tokens=True)
-
-
-# --------------------------------------------------------------------------------------------------
-# Gradient of one batch (the plumbing the tests pin down)
-
-
-def sequence_logps(logp: Tensor, regions: Tensor, B: int, M: int) -> tuple[Tensor, Tensor]:
-    """Per-rollout sums of rationale and answer token log-probs: [B*M, T] -> two [B, M]."""
-    rat = (logp * (regions == RATIONALE)).sum(-1).view(B, M)
-    ans = (logp * (regions == ANSWER)).sum(-1).view(B, M)
-    return rat, ans
-
-
-def estimator_inputs(spec, logp: Tensor, regions: Tensor, rewards: Tensor | None, B: int, M: int):
-    """The positional inputs the registered estimator consumes, built from scored log-probs.
-
-    The first `n_differentiable(spec)` of them carry the gradient (log-probs); the rest are data.
-    """
-    if spec.inputs == "teacher_forced":
-        return sequence_logps(logp, regions, B, M)
-    mask = (regions > 0).to(logp.dtype)
-    return logp.view(B, M, -1), mask.view(B, M, -1), rewards
-
-
-def n_differentiable(spec) -> int:
-    """How many leading estimator inputs are log-probs: (rationale, answer) or (token_logp,)."""
-    return 2 if spec.inputs == "teacher_forced" else 1
-
-
-def apply_gradient(
-    model: torch.nn.Module,
-    spec,
-    rollouts: Sequence[Rollout],
-    B: int,
-    M: int,
-    call: Callable[..., Any],
-    *,
-    pad_id: int,
-    micro_batch: int,
-    rewards: Tensor | None = None,
-    backward: Callable[[Tensor], None] = lambda t: t.backward(),
-    loss_scale: float = 1.0,
-    skip_zero: bool = True,
-) -> Any:
-    """Accumulate loss_scale * d(estimator loss)/d(params) into .grad; returns the estimator output."""
-    if len(rollouts) <= micro_batch:  # one forward with grad
-        logp, regions = score(model, rollouts, pad_id=pad_id, micro_batch=len(rollouts))
-        out = call(*estimator_inputs(spec, logp, regions, rewards, B, M))
-        no_signal = out.advantages is not None and not out.advantages.any()
-        if out.loss.requires_grad and not (skip_zero and no_signal):
-            backward(out.loss * loss_scale)
-        return out
-    with torch.no_grad():
-        logp, regions = score(model, rollouts, pad_id=pad_id, micro_batch=micro_batch)
-    inputs = estimator_inputs(spec, logp, regions, rewards, B, M)
-    k = n_differentiable(spec)
-    leaves = [t.detach().requires_grad_(True) for t in inputs[:k]]
-    out = call(*leaves, *inputs[k:])
-    grads = torch.autograd.grad(out.loss, leaves, allow_unused=True)
-    grads = [torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads)]
-    if skip_zero and all(not g.any() for g in grads):
-        return out  # e.g. GRPO with all-equal rewards: exactly zero gradient, skip the passes
-    flat = [g.reshape(B * M, *g.shape[2:]) for g in grads]  # one row per rollout
-    for s in range(0, len(rollouts), micro_batch):
-        mb_logp, mb_regions = score(
-            model, rollouts[s : s + micro_batch], pad_id=pad_id, micro_batch=micro_batch
-        )
-        n, width = mb_logp.shape
-        mb_inputs = estimator_inputs(spec, mb_logp, mb_regions, None, n, 1)[:k]
-        # token-level gradients beyond this micro-batch's width sit on padding and are zero
-        coefs = [g[s : s + n, ..., :width] if g.dim() > 1 else g[s : s + n] for g in flat]
-        surrogate = sum((c.view_as(x) * x).sum() for c, x in zip(coefs, mb_inputs))
-        backward(surrogate * loss_scale)
-    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -241,6 +175,11 @@ class Trainer:
         self.loggers = Loggers(self.run_dir, cfg, self.run_dir.name) if self.is_main else None
         self._gold_cache: dict[str, list[int]] = {}
         self._prompt_cache: dict[str, list[int]] = {}
+        # RLPR-style baselines: scored once per training example here, before any step and before
+        # a resume loads its checkpoint, so they always come from the starting weights.
+        self._no_rationale: dict[str, Tensor] = {}
+        if self.spec.needs_no_rationale:
+            self._no_rationale = self._score_without_rationale(self.splits["train"])
 
     # -- helpers ------------------------------------------------------------------------------------
     @property
@@ -312,14 +251,14 @@ class Trainer:
             examples = self.batch_examples(self.step, micro)
             B = len(examples)
             prompts = [self._prompt(ex) for ex in examples for _ in range(M)]
-            teacher = self.spec.inputs == "teacher_forced"
+            teacher = not self.spec.needs_answer_budget
             rollouts = self._sample(
                 prompts,
                 answer_budget=0 if teacher else cfg.answer_budget,
                 temperature=cfg.temperature,
                 gen=self.gen,
             )
-            rewards = None
+            rewards, data = None, None
             if teacher:
                 rollouts = [
                     r.with_answer(self._gold(examples[i // M])) for i, r in enumerate(rollouts)
@@ -332,11 +271,12 @@ class Trainer:
                     for i, r in enumerate(rollouts)
                 ]
                 rewards = torch.tensor(correct, dtype=torch.float64).view(B, M)
-            call = self._estimator_call(q)
+            if self.spec.needs_no_rationale:
+                data = stack_rows([self._no_rationale[ex.id] for ex in examples])
             out = apply_gradient(
-                self.model, self.spec, rollouts, B, M, call, pad_id=self.enc.pad_id,
-                micro_batch=cfg.micro_batch, rewards=rewards, backward=self._backward,
-                loss_scale=1.0 / cfg.grad_accum,
+                self.model, self.spec, rollouts, B, M, self._estimator_call(q),
+                pad_id=self.enc.pad_id, micro_batch=cfg.micro_batch, rewards=rewards, data=data,
+                backward=self._backward, loss_scale=1.0 / cfg.grad_accum,
                 skip_zero=self.accelerator is None,  # under DDP every rank must run the same backwards
             )  # fmt: skip
             stats = dict(out.stats)
@@ -357,18 +297,27 @@ class Trainer:
         return totals
 
     def _estimator_call(self, q: float) -> Callable[..., Any]:
-        """The registered estimator with every config option its signature accepts bound."""
-        cfg, fn = self.cfg, self.spec.fn
+        """The registered estimator with q (if it uses one) and every config option it takes bound."""
+        cfg = self.cfg
         available = {
             "baseline": cfg.baseline, "pathwise": cfg.pathwise, "normalize": cfg.normalize,
             "num_samples": cfg.num_samples, "generator": self.resample_gen,
             "clip_eps": cfg.clip_eps, "scale_rewards": cfg.scale_rewards,
         }  # fmt: skip
-        accepted = inspect.signature(fn).parameters
-        opts = {name: value for name, value in available.items() if name in accepted}
-        if self.spec.inputs == "teacher_forced":
-            return lambda r, a: fn(r, a, q if self.spec.uses_q else 0.0, **opts)
-        return lambda t, m, rw: fn(t, m, rw, **opts)
+        return self.spec.bind(q, available)
+
+    def _score_without_rationale(self, examples: list[Example]) -> dict[str, Tensor]:
+        """Per-token log-probs of each example's gold answer with an empty rationale (current weights)."""
+        policy, was = self.policy, self.policy.training
+        policy.eval()
+        try:
+            rows = no_rationale_rows(
+                policy, [self._prompt(ex) for ex in examples], [self._gold(ex) for ex in examples],
+                self.enc.think_close, pad_id=self.enc.pad_id, micro_batch=self.cfg.micro_batch,
+            )  # fmt: skip
+        finally:
+            policy.train(was)
+        return {ex.id: row for ex, row in zip(examples, rows)}
 
     def _backward(self, loss: Tensor) -> None:
         if self.accelerator is not None:

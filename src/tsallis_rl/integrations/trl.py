@@ -6,15 +6,22 @@ Switching from GRPO is a change of names; every GRPO argument keeps its meaning:
 
     args = TsallisGRPOConfig(output_dir="out", num_generations=8, tsallis_q=0.75)  # was GRPOConfig
     trainer = TsallisGRPOTrainer(model, reward_funcs=exact_match, args=args,  # was GRPOTrainer
-                                 train_dataset=dataset)
+                                 train_dataset=dataset)  # with an "answer" column (y*)
 
 Two weight sources (`tsallis_weight`):
-  - "reward" (default): w_m is the reward of completion m (it must lie in [0, 1]); the whole completion
-    is the "rationale" and the estimator's rationale coefficients replace TRL's advantages.
-  - "answer_likelihood" (the paper's estimator; needs `tsallis_answer_column`): the rationale z_m is
-    the completion up to `tsallis_think_end` (budget-forced: `</think>` appended when it is missing);
-    the gold answer y* (+ EOS) is teacher-forced after it and w_m = p(y* | x, z_m) from the policy.
-    It trains even when every sampled answer is wrong (cold start).
+  - "answer_likelihood" (default, the paper's estimator; needs the gold answer in
+    `tsallis_answer_column`): the rationale z_m is the completion up to `tsallis_think_end`
+    (budget-forced: `</think>` appended when it is missing); the gold answer y* (+ EOS) is
+    teacher-forced after it and w_m = p(y* | x, z_m) from the policy. It trains even when every
+    sampled answer is wrong (cold start). q = 0 is RB-RLOO (= VeriFree), q = 1 the self-normalised
+    IWAE-like gradient of log P.
+  - "reward": w_m is the reward of completion m (it must lie in [0, 1]); the whole completion is the
+    "rationale" and the estimator's rationale coefficients replace TRL's advantages. With binary
+    rewards q = 0 is plain RLOO and q = 1 gives c_m = R_m / R_bar - 1; an all-zero group gets no
+    gradient (as in GRPO).
+Every teacher-forced estimator whose inputs are the [B, M] sequence log-probs is accepted by name
+(garl, paft, rb_rloo, verifree, loglik, iwae); rlpr needs per-token log-probs and a no-rationale
+baseline from the starting model, which this adapter does not build.
 
 This module only translates: TRL's gathered groups -> `[B, M]` log-weights -> the registered core
 estimator (`tsallis_rl.estimators`) -> its per-sample derivatives `rationale_grad` / `answer_grad`,
@@ -24,7 +31,6 @@ which become the weights of a per-sequence linear surrogate (PPO-clipped on the 
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +39,8 @@ from torch import Tensor
 from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 
-from tsallis_rl.estimators import get_estimator_spec
+from tsallis_rl.estimators import coef_underflow, get_estimator_spec, list_estimators
+from tsallis_rl.tasks.base import default_answer_prefix
 
 __all__ = ["TsallisGRPOConfig", "TsallisGRPOTrainer", "group_coefficients", "build_teacher_forced"]
 
@@ -47,7 +54,8 @@ class TsallisGRPOConfig(GRPOConfig):
     tsallis_estimator: str = field(
         default="garl",
         metadata={
-            "help": "Registered teacher-forced estimator: 'garl' (Algorithm 1) or 'paft' (Algorithm 2)."
+            "help": "Registered teacher-forced estimator: garl (Algorithm 1), paft (Algorithm 2), rb_rloo, "
+            "verifree, loglik or iwae."
         },
     )
     tsallis_q: float = field(
@@ -57,10 +65,11 @@ class TsallisGRPOConfig(GRPOConfig):
         },
     )
     tsallis_weight: str = field(
-        default="reward",
+        default="answer_likelihood",
         metadata={
-            "help": "'reward': w = reward in [0, 1] of each completion; 'answer_likelihood': w = p(y*|x, z) "
-            "with the gold answer teacher-forced after the rationale (needs tsallis_answer_column)."
+            "help": "'answer_likelihood' (default, the paper's): w = p(y*|x, z) with the gold answer "
+            "teacher-forced after the rationale (needs tsallis_answer_column); 'reward': w = reward in "
+            "[0, 1] of each completion."
         },
     )
     tsallis_answer_column: str = field(
@@ -68,9 +77,10 @@ class TsallisGRPOConfig(GRPOConfig):
         metadata={"help": "Dataset column with the gold answer y* (answer_likelihood only)."},
     )
     tsallis_answer_prefix: str = field(
-        default="",
+        default="auto",
         metadata={
-            "help": "Text put between the rationale end and y* (e.g. '\\n\\n' for Qwen3), scored with y*."
+            "help": "Text put between the rationale end and y*, scored with y*. 'auto': what tsallis-rl's "
+            "own trainer uses for the tokenizer ('\\n\\n' with a chat template, '' without)."
         },
     )
     tsallis_think_end: str = field(
@@ -93,10 +103,17 @@ class TsallisGRPOConfig(GRPOConfig):
     def __post_init__(self):
         super().__post_init__()
         spec = get_estimator_spec(self.tsallis_estimator)  # raises with the known names
+        usable = ", ".join(n for n in list_estimators() if get_estimator_spec(n).sequence_only)
         if spec.inputs != "teacher_forced":
             raise ValueError(
                 f"tsallis_estimator={self.tsallis_estimator!r} is a sampled-reward estimator; use TRL's own "
-                "GRPOTrainer for it. TsallisGRPOTrainer takes a teacher-forced one: garl, paft, rb_rloo."
+                f"GRPOTrainer for it. TsallisGRPOTrainer takes a teacher-forced one: {usable}."
+            )
+        if not spec.sequence_only:
+            raise ValueError(
+                f"tsallis_estimator={self.tsallis_estimator!r} needs per-token answer log-probs or a "
+                "no-rationale baseline from the starting model, which the TRL adapter does not build; "
+                f"use `tsallis-rl train --estimator {spec.name}` or one of: {usable}."
             )
         if not 0.0 <= float(self.tsallis_q) <= 1.0:
             raise ValueError(f"tsallis_q must lie in [0, 1], got {self.tsallis_q}")
@@ -137,11 +154,7 @@ def group_coefficients(
         raise ValueError(f"gathered weights {tuple(log_w.shape)} do not split into groups of {M}")
     answer_logp = log_w.detach().to(torch.float64).view(-1, M)  # [B, M]
     spec = get_estimator_spec(estimator)
-    accepted = inspect.signature(spec.fn).parameters
-    kwargs = {k: v for k, v in (options or {}).items() if k in accepted and v is not None}
-    out = spec.fn(
-        torch.zeros_like(answer_logp), answer_logp, float(q) if spec.uses_q else 0.0, **kwargs
-    )
+    out = spec.bind(q, options or {})(torch.zeros_like(answer_logp), answer_logp)
     rat, ans = out.rationale_grad.reshape(-1), out.answer_grad.reshape(-1)
     return rat[local_slice], ans[local_slice], out.stats
 
@@ -190,6 +203,23 @@ def build_teacher_forced(
     rm = torch.tensor([m + [0] * p for m, p in zip(rmask, pad)], dtype=torch.long)
     am = torch.tensor([m + [0] * p for m, p in zip(amask, pad)], dtype=torch.long)
     return ids, attn, rm, am, torch.tensor(forced)
+
+
+@dataclass
+class _Coefs:
+    """The two coefficient vectors, in the shape `coef_underflow` reads."""
+
+    rationale_grad: Tensor
+    answer_grad: Tensor
+
+
+def _missing_answer_column(col: str, available: Any, where: str = "train_dataset") -> str:
+    return (
+        f"{where} has no gold-answer column {col!r} (tsallis_answer_column), which "
+        "tsallis_weight='answer_likelihood' (the default, the paper's estimator) teacher-forces after "
+        f"each rationale; columns: {available}. Name the column with tsallis_answer_column=..., or set "
+        "tsallis_weight='reward' to weight each completion by the reward functions instead."
+    )
 
 
 def _fit(t: Tensor, T: int, fill: float) -> Tensor:
@@ -265,15 +295,16 @@ class TsallisGRPOTrainer(GRPOTrainer):
             ds = kwargs.get("train_dataset")
             cols = getattr(ds, "column_names", None)
             if cols is not None and args.tsallis_answer_column not in cols:
-                raise ValueError(
-                    f"train_dataset has no column {args.tsallis_answer_column!r} (tsallis_answer_column); "
-                    f"columns: {cols}"
-                )
+                raise ValueError(_missing_answer_column(args.tsallis_answer_column, cols))
         super().__init__(model, reward_funcs, args=args, **kwargs)
         self._tsallis_generator = torch.Generator().manual_seed(
             args.seed
         )  # same draws on every process
         self._tsallis_answer_cache: dict[str, list[int]] = {}
+        prefix = args.tsallis_answer_prefix
+        self._tsallis_answer_prefix = (
+            default_answer_prefix(self._tokenizer) if prefix == "auto" else prefix
+        )
         if args.tsallis_weight == "answer_likelihood":
             self._tsallis_think_end_ids = self._tokenizer(
                 args.tsallis_think_end, add_special_tokens=False
@@ -296,7 +327,7 @@ class TsallisGRPOTrainer(GRPOTrainer):
         return self.accelerator.gather(t)
 
     def _tsallis_answer_ids(self, answer: Any) -> list[int]:
-        text = self.args.tsallis_answer_prefix + str(answer)
+        text = self._tsallis_answer_prefix + str(answer)
         if text not in self._tsallis_answer_cache:
             ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
             self._tsallis_answer_cache[text] = [*ids, self._tokenizer.eos_token_id]
@@ -356,6 +387,11 @@ class TsallisGRPOTrainer(GRPOTrainer):
         for _ in range(min(n_total, len(logged))):
             logged.pop()
         logged.extend((-self._tsallis_gather(rat.to(device)) * n_total).tolist())
+        # The surrogate multiplies these float64 coefficients into log-probs of at least float32, but
+        # an fp16/bf16 model's backward carries them in its own dtype: count what that dtype loses.
+        dtype = self.model.dtype
+        work = dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32
+        stats["coef_underflow"] = coef_underflow(_Coefs(rat, ans), work)
         for key, value in stats.items():
             metrics[f"tsallis/{key}"].append(float(value))
         return out
@@ -365,9 +401,7 @@ class TsallisGRPOTrainer(GRPOTrainer):
         """Add the teacher-forced sequences and w = p(y*|x, z) (no grad) to the generation batch."""
         col = self.args.tsallis_answer_column
         if col not in inputs[0]:
-            raise ValueError(
-                f"the batch has no gold-answer column {col!r}; keys: {sorted(inputs[0])}"
-            )
+            raise ValueError(_missing_answer_column(col, sorted(inputs[0]), where="the batch"))
         lengths = out["completion_mask"].sum(dim=1).tolist()
         comps = [row[:n] for row, n in zip(out["completion_ids"].tolist(), lengths)]
         answers = [self._tsallis_answer_ids(x[col]) for x in inputs]
@@ -442,6 +476,9 @@ class TsallisGRPOTrainer(GRPOTrainer):
             compute_entropy=True,
             **extra,
         )
+        # Coefficients are never cast below float32: the surrogate is formed in at least float32
+        # (an fp16 model's log-probs are promoted; its backward casts back to fp16).
+        logps = logps.to(torch.promote_types(logps.dtype, torch.float32))
         rat_mask = rat_mask.to(logps.dtype)
         # Rationale (score-function) term, PPO-clipped as in TRL; its gradient at ratio 1 is
         # rationale_grad * grad log p(z). Rationale tokens keep their positions in the completion.

@@ -10,8 +10,8 @@ Select an estimator with one environment variable and a few config lines (docs/v
         actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum \    # makes the gradient exact
         actor_rollout_ref.actor.use_kl_loss=False actor_rollout_ref.actor.entropy_coeff=0 ...
 
-(`pip install tsallis-rl[verl]` also registers this module as a `verl.plugins` entry point, which
-verl imports on its own unless VERL_USE_EXTERNAL_PLUGINS=none.)
+(Installing the package, e.g. `pip install -e ".[verl]"` from a clone, also registers this module as
+a `verl.plugins` entry point, which verl imports on its own unless VERL_USE_EXTERNAL_PLUGINS=none.)
 
 Config keys under `algorithm` (add them with `+algorithm.KEY=VALUE`), all optional:
     tsallis_q            0.75    commitment q in [0, 1]: 0 = RB-RLOO, 1 = IWAE (garl) / EM (paft)
@@ -340,14 +340,15 @@ def compute_score(
     extra_info: Mapping[str, Any] | None = None,
     match: str = "exact",
     **kwargs: Any,
-) -> dict[str, float]:
+) -> dict[str, float | str]:
     """verl reward function: this project's matching of the completion's answer against y*.
 
     The task is `extra_info["task"]` (written by the export; else `data_source`), the gold example
     is rebuilt from `extra_info["example"]` (else from `ground_truth` alone), the answer is the text
-    after the last `</think>`. Returns {"score", "exact_match", "substring_match"}, each 0.0 or 1.0;
-    score is exact match (the paper's training reward) or, with match="substring"
-    (`+reward.custom_reward_function.reward_kwargs.match=substring`), substring match.
+    after the last `</think>`. Returns {"score", "exact_match", "substring_match"}, each 0.0 or 1.0,
+    and "pred", the task's normalised answer (the key this project's m@k votes on), so that verl's
+    validation computes maj@N. score is exact match (the paper's training reward) or, with
+    match="substring" (`+reward.custom_reward_function.reward_kwargs.match=substring`), substring match.
     """
     if match not in ("exact", "substring"):
         raise ValueError(f"match must be 'exact' or 'substring', got {match!r}")
@@ -361,6 +362,7 @@ def compute_score(
         "score": exact if match == "exact" else sub,
         "exact_match": exact,
         "substring_match": sub,
+        "pred": task.normalize(pred),
     }
 
 

@@ -502,3 +502,10 @@ def format_for_model(content: str, tokenizer: Any = None, *, chat: bool | None =
     if text.rstrip().endswith(THINK_OPEN):
         return text
     return text + THINK_OPEN
+
+
+def default_answer_prefix(tokenizer: Any = None, *, chat: bool | None = None) -> str:
+    """Text between `</think>` and the answer when none is set: "\n\n" for chat-template prompts
+    (Qwen3's own layout), "" without a template. One rule for the own trainer and the TRL adapter."""
+    use_chat = chat if chat is not None else bool(getattr(tokenizer, "chat_template", None))
+    return "\n\n" if use_chat else ""
