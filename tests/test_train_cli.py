@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tsallis_rl.cli import main
-from tsallis_rl.config import DEFAULT_SUITE, TrainConfig
+from tsallis_rl.config import TrainConfig
 
 SMALL = [
     "--val-size",
@@ -89,13 +89,6 @@ def test_existing_run_directory_is_never_overwritten_without_asking(tmp_path, mo
     assert "--resume" in capsys.readouterr().err
     assert main(["train", "--out", str(out), "--overwrite"]) == 2  # not a run dir: refuse to delete
     assert (out / "notes.txt").read_text() == "precious"
-
-
-def test_default_runs_are_the_cold_start_suite():
-    assert [n for n, _ in TrainConfig().runs()] == [
-        s.split(":")[0] for s in DEFAULT_SUITE.split(",")
-    ]
-    assert TrainConfig(model="x").runs() == [("garl", 0.75)]
 
 
 def test_suite_writes_report_summary_plots_and_loadable_best_models(tmp_path, tiny_model_dir):
@@ -312,26 +305,6 @@ def test_eval_command_reports_pass_and_majority_metrics(tmp_path, tiny_model_dir
     assert {"p@1", "p@3", "m@3", "log_p_hat"} <= set(summary) and summary["n"] == 4
     records = (tmp_path / "ev" / "records.jsonl").read_text().splitlines()
     assert len(records) == 4 and len(json.loads(records[0])["answers"]) == 3
-
-
-def test_chat_template_prompts_open_a_think_block_and_prefix_the_answer(tiny_model_dir):
-    from transformers import AutoTokenizer
-
-    from tsallis_rl.tasks import get_task
-    from tsallis_rl.trainer import Encoder
-
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    tok.chat_template = "{% for m in messages %}Q:{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}A {% endif %}"
-    task = get_task("chainsum")
-    ex = task.load(n=1)[0]
-    enc = Encoder.build(tok, task, TrainConfig(model="x"))
-    assert enc.chat and enc.answer_prefix == "\n\n"
-    assert enc.prompt_text(ex) == f"Q:{task.build_prompt(ex, 'cold')}A <think>"
-    plain = Encoder.build(tok, task, TrainConfig(model="x", chat_template="off"))
-    assert (
-        plain.prompt_text(ex) == task.build_prompt(ex, "cold") + "<think>"
-        and plain.answer_prefix == ""
-    )
 
 
 def test_trainer_runs_on_a_real_task_format_with_official_metrics(tmp_path):
