@@ -462,3 +462,32 @@ def test_file_tasks_train_on_every_example_unless_capped(tmp_path):
     assert (
         len(make_splits(get_task("chainsum"), TrainConfig())["train"]) == 2000
     )  # the task's default
+
+
+def test_estimator_and_q_train_exactly_that_run_named_by_its_schedule_and_quietly(
+    tmp_path, tiny_model_dir, capsys
+):
+    out = tmp_path / "one"
+    flags = ["train", "--model", str(tiny_model_dir), "--estimator", "paft", "--q", "0.5"]
+    flags += ["--q-schedule", "linear", "--q-end", "0", "--steps", "1", "--out", str(out)]
+    assert main([*flags, *SMALL]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["method"] for r in summary] == ["paft_q0.5to0-linear"]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["paft_q0.5to0-linear"]
+    assert "paft_q0.5to0-linear" in (out / "report.md").read_text()
+    err = capsys.readouterr().err  # --progress false: no bars, transformers' included
+    assert "Loading weights" not in err and "Writing model shards" not in err and "it/s" not in err
+
+
+def test_help_shows_defaults_once_and_speaks_of_m_at_k(capsys):
+    for argv in (["train", "--help"], ["eval", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        text = " ".join(capsys.readouterr().out.split())
+        assert "(default: None) (default:" not in text and "(default: all) (default" not in text
+        assert "maj@" not in text
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--k K samples per example (default: 16)" in text and "m@k" in text
+    assert "--regime {warm,cold} (default: cold)" in text

@@ -385,7 +385,7 @@ def field_type(name: str) -> type:
     return hint
 
 
-def _parse_float(s: str) -> float:
+def finite_float(s: str) -> float:
     value = float(s)
     if not math.isfinite(value):  # argparse would accept nan/inf; no option means them
         raise argparse.ArgumentTypeError(f"expected a finite number, got {s!r}")
@@ -413,7 +413,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         else:
             parser.add_argument(
                 flag,
-                type=_parse_float if kind is float else kind,
+                type=finite_float if kind is float else kind,
                 default=None,
                 choices=f.metadata.get("choices"),
                 help=help_text,

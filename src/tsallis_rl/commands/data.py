@@ -130,6 +130,8 @@ def _tokenizer(name: str | None) -> Any:
     from tsallis_rl.experiment import load_tokenizer, locate_model, quiet_transformers
 
     quiet_transformers(False)
+    if Path(name).expanduser().is_dir():  # a tokenizer folder needs no model config
+        return load_tokenizer(str(Path(name).expanduser()))
     return load_tokenizer(locate_model(name))
 
 

@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from tsallis_rl.config import default_of
+from tsallis_rl.config import default_of, finite_float
 
 
 class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -35,7 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--task", default=default_of("task"), help="task name")
     p.add_argument("--data", help="data file or directory of the task")
-    p.add_argument("--regime", default=default_of("regime"), choices=("warm", "cold"))
+    p.add_argument(
+        "--regime",
+        default=default_of("regime"),
+        choices=("warm", "cold"),
+        help="prompt regime: warm (instructions) or cold (no format cue)",
+    )
     p.add_argument(
         "--split",
         default="test",
@@ -46,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=200, help="at most this many examples (0 = all)")
     p.add_argument(
         "--temperature",
-        type=float,
+        type=finite_float,
         default=default_of("eval_temperature"),
         help="sampling temperature (0 = greedy)",
     )
@@ -60,10 +65,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--answer-budget", type=int, default=default_of("answer_budget"), help="max answer tokens"
     )
     p.add_argument(
-        "--chat-template", default=default_of("chat_template"), choices=("auto", "on", "off")
+        "--chat-template",
+        default=default_of("chat_template"),
+        choices=("auto", "on", "off"),
+        help="wrap prompts in the tokenizer's chat template",
     )
     p.add_argument("--device", default=default_of("device"), help="auto, cpu, cuda, cuda:N, mps")
-    p.add_argument("--seed", type=int, default=default_of("seed"))
+    p.add_argument("--seed", type=int, default=default_of("seed"), help="sampling seed")
     p.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, default=True, help="show progress bars"
     )
