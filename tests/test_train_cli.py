@@ -490,4 +490,4 @@ def test_help_shows_defaults_once_and_speaks_of_m_at_k(capsys):
         main(["eval", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--k K samples per example (default: 16)" in text and "m@k" in text
-    assert "--regime {warm,cold} (default: cold)" in text
+    assert "cold (no format cue) (default: cold)" in text
