@@ -269,24 +269,19 @@ def prepare_out(cfg: TrainConfig) -> Path:
 
 
 def check_model(cfg: TrainConfig, task: Task, splits: dict[str, list[Example]]) -> None:
-    """Before the run directory exists: the model (or the default base model, built into its
-    cache if needed) loads its config and tokenizer, and the longest prompt fits it."""
-    import os
-
+    """Before the run directory exists: the model loads its config and tokenizer, and the longest
+    prompt fits it. The default base model is checked once it is cached (its first build is the
+    run's own model work, so it is not started here)."""
     quiet_transformers(cfg.progress)
     if cfg.model is not None:
         model_ref = locate_model(cfg.model)
     else:
-        from tsallis_rl.basemodel import BaseModelConfig, default_cache_dir, ensure_base_model
+        from tsallis_rl.basemodel import BaseModelConfig, default_cache_dir
 
-        base_cfg = BaseModelConfig(threads=cfg.threads)
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-            model_ref = str(ensure_base_model(base_cfg, progress=cfg.progress))
-        else:  # several ranks: only rank 0 builds (below); check when it is already cached
-            cached = default_cache_dir() / f"chainsum-base-{base_cfg.key()}"
-            if not (cached / "base_model.json").exists():
-                return
-            model_ref = str(cached)
+        cached = default_cache_dir() / f"chainsum-base-{BaseModelConfig().key()}"
+        if not (cached / "base_model.json").exists():
+            return
+        model_ref = str(cached)
     check_lengths(cfg, task, splits, model_ref)
 
 
