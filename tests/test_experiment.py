@@ -101,3 +101,23 @@ def test_train_refuses_a_model_too_short_for_its_prompts_before_the_run_dir(tmp_
     assert main([*argv, "--out", str(out), "--progress", "false"]) == 2
     assert "max_position_embeddings" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_parallel_runs_show_one_combined_progress_line(tmp_path, capsys):
+    import json
+    from concurrent.futures import Future
+
+    from tsallis_rl.experiment import _combined_progress
+
+    futures = {}
+    for tag, done in (("garl_q0.75", 3), ("grpo", 1)):
+        (tmp_path / tag).mkdir()
+        rows = [{"kind": "train", "step": s} for s in range(1, done + 1)] + [{"kind": "eval"}]
+        (tmp_path / tag / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        futures[tag] = Future()
+        futures[tag].set_result({})
+    _combined_progress(tmp_path, {"garl_q0.75": 5, "grpo": 5}, futures, progress=True)
+    err = capsys.readouterr().err
+    assert "2 runs" in err and "4/10" in err and "garl_q0.75 3/5  grpo 1/5" in err
+    _combined_progress(tmp_path, {"garl_q0.75": 5, "grpo": 5}, futures, progress=False)
+    assert capsys.readouterr().err == ""
