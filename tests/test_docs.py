@@ -33,11 +33,19 @@ class Block:
 
 
 def code_blocks(text: str) -> list[Block]:
-    """Fenced code blocks of a markdown text, with their not-run marks."""
+    """Code blocks of a markdown text: fenced ones with their not-run marks, and indented ones
+    (lang "indented": checked for imports and parsed, never run)."""
     blocks, lines, i = [], text.splitlines(), 0
     while i < len(lines):
         fence = re.match(r"^```(\w*)\s*$", lines[i])
         if not fence:
+            if lines[i].startswith("    ") and (i == 0 or not lines[i - 1].strip()):
+                start, body = i, []
+                while i < len(lines) and (lines[i].startswith("    ") or not lines[i].strip()):
+                    body.append(lines[i][4:])
+                    i += 1
+                blocks.append(Block("indented", "\n".join(body).strip(), start + 1, "indented"))
+                continue
             i += 1
             continue
         start, body = i, []
@@ -101,7 +109,7 @@ def _doc_blocks(doc: str) -> list[Block]:
 @pytest.mark.parametrize("doc", DOCS)
 def test_every_name_the_docs_code_imports_exists(doc):
     for block in _doc_blocks(doc):
-        if block.lang == "python":
+        if block.lang in ("python", "indented"):
             _check_imports(tsallis_imports(block.code), f"{doc}:{block.line}")
 
 
@@ -115,7 +123,7 @@ def test_every_command_the_docs_show_parses(doc):
     """Flags and values of each `tsallis-rl` line are accepted by today's parser."""
     parser = build_parser()
     for block in _doc_blocks(doc):
-        if block.lang not in ("bash", "sh", "shell", "console"):
+        if block.lang not in ("bash", "sh", "shell", "console", "indented"):
             continue
         for cmd in shell_commands(block.code):
             words = shlex.split(cmd)

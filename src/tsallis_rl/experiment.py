@@ -1,8 +1,8 @@
 """Run a suite of (estimator, q) trainings that share one config, then write the report.
 
 `tsallis-rl train` with no arguments runs the embedded default: the cold-start chain-sum experiment
-(GRPO, GARL q = 0 / 0.75 / 1, PAFT q = 0.75 from the project's own base model). With --model/--task
-it runs the estimators asked for on any HF causal LM and task. Each run lives in OUT/<tag>/; OUT holds
+(GRPO, GARL q = 0 / 0.75 / 1, PAFT q = 0.75 from the project's own base model; the suite is the
+default of `estimators`, chosen in `config.from_args`). Any HF causal LM and task run the same way. Each run lives in OUT/<tag>/; OUT holds
 report.md, summary.json, metrics.jsonl (all runs, tagged), config.yaml and the plots.
 """
 
