@@ -86,6 +86,10 @@ CASES = [
     (["train", "--task", "finqa"], "--data"),
     (["train", "--resume", "--overwrite"], "resume"),
     (["train", "--estimators", "garl:x"], "garl:x"),
+    (["train", "--estimator", "grpo", "--q", "0.5"], "takes no q"),
+    (["train", "--estimator", "garl", "--num-samples", "4"], "num_samples"),
+    (["train", "--estimator", "paft", "--clip-eps", "0.3"], "clip_eps"),
+    (["train", "--lora-r", "4"], "--lora"),
     # eval and data speak the same language and fail the same way
     (["eval", "--model", "./no/such/model"], "model"),
     (["eval", "--limit", "-1"], "limit"),

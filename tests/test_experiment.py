@@ -64,7 +64,7 @@ def test_a_checkpoint_folder_takes_its_tokenizer_from_its_run(tmp_path, tiny_mod
 def test_eval_of_a_checkpoint_folder_prints_a_labelled_result(tmp_path, tiny_model_dir, capsys):
     ckpt = _checkpoint(tmp_path / "run", tiny_model_dir)
     (ckpt.parents[1] / "config.yaml").write_text(yaml.safe_dump({"model": str(tiny_model_dir)}))
-    flags = ["eval", "--model", str(ckpt), "--k", "2", "--limit", "2", "--no-progress"]
+    flags = ["eval", "--model", str(ckpt), "--k", "2", "--limit", "2", "--progress", "false"]
     flags += ["--thinking-budget", "4", "--answer-budget", "2"]
     assert main(flags) == 0
     out = capsys.readouterr().out

@@ -369,7 +369,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-def _parse_bool(s: str) -> bool:
+def parse_bool(s: str) -> bool:
     if s.lower() in ("1", "true", "yes", "on"):
         return True
     if s.lower() in ("0", "false", "no", "off"):
@@ -403,7 +403,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if kind is bool:
             parser.add_argument(
                 flag,
-                type=_parse_bool,
+                type=parse_bool,
                 nargs="?",
                 const=True,
                 default=None,
@@ -453,9 +453,48 @@ def from_args(args: argparse.Namespace) -> TrainConfig:
     cfg = TrainConfig(**values)
     _coerce_types(cfg, sources)
     cfg.validate("flags", sources)
-    if "q" in chosen | set(flags):
+    given = chosen | set(flags)
+    if "q" in given:
         _refuse_unused_q(cfg, sources)
+    _refuse_unused_options(cfg, given, sources)
     return cfg
+
+
+ESTIMATOR_OPTIONS = (
+    "baseline",
+    "pathwise",
+    "normalize",
+    "num_samples",
+    "clip_eps",
+    "scale_rewards",
+)
+"""Fields an estimator takes when its function's signature names them (bound by the trainer)."""
+
+
+def _refuse_unused_options(cfg: TrainConfig, given: set[str], sources: dict[str, str]) -> None:
+    """An option given explicitly that no run of this config would read is an error, not ignored."""
+    import inspect
+
+    from tsallis_rl.estimators import get_estimator_spec
+
+    names = sorted({n for n, _ in cfg.runs()})
+    for option in ESTIMATOR_OPTIONS:
+        if option not in given:
+            continue
+        users = [
+            n for n in names if option in inspect.signature(get_estimator_spec(n).fn).parameters
+        ]
+        if not users:
+            raise ConfigError(
+                f"{sources.get(option, 'flags')}: {option} = {getattr(cfg, option)!r}: no run "
+                f"uses it (the estimators here: {', '.join(names)})"
+            )
+    for option in ("lora_r", "lora_alpha", "lora_targets"):
+        if option in given and not cfg.lora:
+            raise ConfigError(
+                f"{sources.get(option, 'flags')}: {option} = {getattr(cfg, option)!r}: "
+                "applies only with lora = true (--lora)"
+            )
 
 
 def default_of(name: str) -> Any:
@@ -482,9 +521,14 @@ def _coerce_types(cfg: TrainConfig, sources: dict[str, str]) -> None:
 
 def _refuse_unused_q(cfg: TrainConfig, sources: dict[str, str]) -> None:
     """An explicit q with a suite whose every run names its own q (or has none) would be ignored."""
-    if cfg.estimators is None:
-        return
     from tsallis_rl.estimators import get_estimator_spec
+
+    if cfg.estimators is None:
+        if not get_estimator_spec(cfg.estimator).uses_q:
+            raise ConfigError(
+                f"{sources['q']}: q = {cfg.q}: estimator {cfg.estimator!r} takes no q; drop q"
+            )
+        return
 
     if not any(q is None and get_estimator_spec(n).uses_q for n, q in cfg.runs()):
         raise ConfigError(

@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from tsallis_rl.config import default_of, finite_float
+from tsallis_rl.config import default_of, finite_float, parse_bool
 
 
 class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -73,7 +73,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=default_of("device"), help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--seed", type=int, default=default_of("seed"), help="sampling seed")
     p.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=True, help="show progress bars"
+        "--progress",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=default_of("progress"),
+        metavar="BOOL",
+        help="show progress bars (as train: --progress false)",
     )
     p.add_argument("--out", help="write summary.json and records.jsonl here")
     p.add_argument("--json", action="store_true", help="print the summary as JSON (for machines)")
