@@ -45,7 +45,7 @@ def test_default_suite_is_an_explicit_choice_that_estimator_and_q_replace(tmp_pa
 
 
 def test_a_runs_saved_config_yaml_loads_back_to_the_same_runs(tmp_path):
-    for flags in ((), ("--estimator", "paft", "--q", "0.5")):
+    for flags in ((), ("--estimator", "paft", "--q", "0.5"), ("--estimator", "garl")):
         cfg = _cfg(*flags)
         saved = tmp_path / "config.yaml"
         saved.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

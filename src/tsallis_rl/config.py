@@ -227,7 +227,7 @@ class TrainConfig:
             )
         if self.q_schedule == "step" and self.q_switch_step is None:
             bad("q_switch_step", "the step schedule needs it: the step at which q becomes q_end")
-        if self.q_schedule != "step" and self.q_switch_step is not None:
+        if self.q_schedule != "step" and self.q_switch_step not in (None, 0):  # 0: old configs
             bad(
                 "q_switch_step",
                 f"only the step schedule uses it (the schedule is {self.q_schedule})",
@@ -447,7 +447,10 @@ def from_args(args: argparse.Namespace) -> TrainConfig:
         values.pop("estimators", None)
     elif "estimators" in flags:
         values.pop("estimator", None)
-    if not {"estimator", "estimators", "q"} & (chosen | set(flags)):
+    # `estimators: null` in a YAML (as a single run's saved config.yaml has) chooses one run
+    if not {"estimator", "estimators", "q"} & (
+        chosen | set(flags) | set(from_yaml) & {"estimators"}
+    ):
         values["estimators"] = DEFAULT_SUITE
         sources["estimators"] = "default suite"
     cfg = TrainConfig(**values)
