@@ -18,7 +18,7 @@ def test_stats_counts_and_reports_skipped_rows(capsys):
             "stats",
             "--task",
             "jsonl",
-            "--path",
+            "--data",
             str(FIX / "bad_rows.jsonl"),
             "--skip-invalid",
             "--json",
@@ -43,7 +43,7 @@ def test_stats_with_a_tokenizer_counts_tokens(tmp_path, capsys):
                 "stats",
                 "--task",
                 "jsonl",
-                "--path",
+                "--data",
                 path,
                 "--tokenizer",
                 str(tok_dir),
@@ -53,12 +53,13 @@ def test_stats_with_a_tokenizer_counts_tokens(tmp_path, capsys):
         == 0
     )
     st = json.loads(capsys.readouterr().out)["splits"]["all"]
-    assert st["prompt_tokens"]["max"] >= st["prompt_chars"]["max"]  # character-level + <think>
+    # characters of the rendered prompt; character-level tokens, but <think> is one token
+    assert st["prompt_tokens"]["max"] == st["prompt_chars"]["max"] - len("<think>") + 1
     assert st["target_tokens"]["min"] == 1
 
 
 def test_malformed_file_is_an_error_naming_the_line(capsys):
-    rc = main(["data", "stats", "--task", "jsonl", "--path", str(FIX / "bad_rows.jsonl")])
+    rc = main(["data", "stats", "--task", "jsonl", "--data", str(FIX / "bad_rows.jsonl")])
     assert rc == 2
     err = capsys.readouterr().err
     assert "bad_rows.jsonl, line 2, field 'answer'" in err
@@ -67,13 +68,14 @@ def test_malformed_file_is_an_error_naming_the_line(capsys):
 def test_show_prints_what_the_model_sees(capsys):
     path = str(FIX / "finqa_official.json")
     assert (
-        main(["data", "show", "--task", "finqa", "--path", path, "--regime", "cold", "-n", "1"])
+        main(["data", "show", "--task", "finqa", "--data", path, "--regime", "cold", "-n", "1"])
         == 0
     )
     out = capsys.readouterr().out
     assert "revenue | $ 1,200 | $ 1,000" in out and "--- target y* ---\n0.2" in out
     assert "Answer format" not in out and out.count("--- prompt ---") == 1
-    assert main(["data", "show", "--task", "finqa", "--path", path, "-n", "5", "--json"]) == 0
+    warm = ["data", "show", "--task", "finqa", "--data", path, "--regime", "warm", "-n", "5"]
+    assert main([*warm, "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert [s["target"] for s in shown] == ["0.2", "yes"]
     assert all("Answer format" in s["prompt"] and s["prompt"].endswith("<think>") for s in shown)
@@ -82,9 +84,42 @@ def test_show_prints_what_the_model_sees(capsys):
 def test_directory_and_missing_path(tmp_path, capsys):
     (tmp_path / "train.jsonl").write_text('{"question": "q", "answer": "a"}\n')
     (tmp_path / "dev.jsonl").write_text('{"question": "q2", "answer": "b"}\n')
-    assert main(["data", "stats", "--task", "jsonl", "--path", str(tmp_path), "--json"]) == 0
+    assert main(["data", "stats", "--task", "jsonl", "--data", str(tmp_path), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert {k: v["examples"] for k, v in report["splits"].items()} == {"train": 1, "val": 1}
     assert main(["data", "stats", "--task", "jsonl"]) == 2
-    assert "needs --path" in capsys.readouterr().err
-    assert main(["data", "show", "--task", "jsonl", "--path", str(tmp_path / "nope.jsonl")]) == 2
+    assert "needs --data" in capsys.readouterr().err
+    assert main(["data", "show", "--task", "jsonl", "--data", str(tmp_path / "nope.jsonl")]) == 2
+
+
+def test_show_renders_the_prompt_the_trainer_builds_for_the_same_flags(tmp_path, capsys):
+    from tsallis_rl.config import TrainConfig
+    from tsallis_rl.prompts import PromptFormatter
+    from tsallis_rl.tasks import get_task
+
+    tok = build_char_tokenizer()
+    tok.chat_template = "{% for m in messages %}U:{{ m['content'] }}{% endfor %}A:"
+    tok.save_pretrained(tmp_path / "tok")
+    task = get_task("chainsum")
+    train = task.splits(None)["train"]
+    for extra, cfg in (
+        ([], TrainConfig()),  # defaults agree: cold regime, the model's chat template
+        (["--regime", "warm"], TrainConfig(regime="warm")),
+        (["--chat-template", "off"], TrainConfig(chat_template="off")),
+    ):
+        argv = ["data", "show", "--split", "train", "-n", "2", "--json", *extra]
+        assert main([*argv, "--tokenizer", str(tmp_path / "tok")]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        fmt = PromptFormatter.build(tok, task, cfg)
+        assert [s["prompt"] for s in shown] == [fmt.prompt_text(ex) for ex in train[:2]]
+    assert main(["data", "show", "--split", "train", "-n", "1", "--json"]) == 0
+    (plain,) = json.loads(capsys.readouterr().out)  # no tokenizer: as the default base model
+    assert plain["prompt"] == task.build_prompt(train[0], "cold") + "<think>"
+
+
+def test_path_is_a_deprecated_alias_of_data(capsys):
+    path = str(FIX / "user.jsonl")
+    assert main(["data", "stats", "--task", "jsonl", "--path", path, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "--path is deprecated; use --data" in captured.err
+    assert json.loads(captured.out)["data"] == path

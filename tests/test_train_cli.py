@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tsallis_rl.cli import main
-from tsallis_rl.config import DEFAULT_SUITE, TrainConfig
+from tsallis_rl.config import TrainConfig
 
 SMALL = [
     "--val-size",
@@ -89,13 +89,6 @@ def test_existing_run_directory_is_never_overwritten_without_asking(tmp_path, mo
     assert "not a tsallis-rl run directory" in capsys.readouterr().err
     assert main(["train", "--out", str(out), "--overwrite"]) == 2  # not a run dir: refuse to delete
     assert (out / "notes.txt").read_text() == "precious"
-
-
-def test_default_runs_are_the_cold_start_suite():
-    assert [n for n, _ in TrainConfig().runs()] == [
-        s.split(":")[0] for s in DEFAULT_SUITE.split(",")
-    ]
-    assert TrainConfig(model="x").runs() == [("garl", 0.75)]
 
 
 def test_suite_writes_report_summary_plots_and_loadable_best_models(tmp_path, tiny_model_dir):
@@ -314,26 +307,6 @@ def test_eval_command_reports_pass_and_majority_metrics(tmp_path, tiny_model_dir
     assert len(records) == 4 and len(json.loads(records[0])["answers"]) == 3
 
 
-def test_chat_template_prompts_open_a_think_block_and_prefix_the_answer(tiny_model_dir):
-    from transformers import AutoTokenizer
-
-    from tsallis_rl.tasks import get_task
-    from tsallis_rl.trainer import Encoder
-
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    tok.chat_template = "{% for m in messages %}Q:{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}A {% endif %}"
-    task = get_task("chainsum")
-    ex = task.load(n=1)[0]
-    enc = Encoder.build(tok, task, TrainConfig(model="x"))
-    assert enc.chat and enc.answer_prefix == "\n\n"
-    assert enc.prompt_text(ex) == f"Q:{task.build_prompt(ex, 'cold')}A <think>"
-    plain = Encoder.build(tok, task, TrainConfig(model="x", chat_template="off"))
-    assert (
-        plain.prompt_text(ex) == task.build_prompt(ex, "cold") + "<think>"
-        and plain.answer_prefix == ""
-    )
-
-
 def test_trainer_runs_on_a_real_task_format_with_official_metrics(tmp_path):
     """A text task (HotpotQA layout, hand-written fixture) end to end: prompts with context, gold
     answers teacher-forced, substring evaluation plus the task's official EM/F1 on majority answers."""
@@ -489,3 +462,32 @@ def test_file_tasks_train_on_every_example_unless_capped(tmp_path):
     assert (
         len(make_splits(get_task("chainsum"), TrainConfig())["train"]) == 2000
     )  # the task's default
+
+
+def test_estimator_and_q_train_exactly_that_run_named_by_its_schedule_and_quietly(
+    tmp_path, tiny_model_dir, capsys
+):
+    out = tmp_path / "one"
+    flags = ["train", "--model", str(tiny_model_dir), "--estimator", "paft", "--q", "0.5"]
+    flags += ["--q-schedule", "linear", "--q-end", "0", "--steps", "1", "--out", str(out)]
+    assert main([*flags, *SMALL]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["method"] for r in summary] == ["paft_q0.5to0-linear"]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["paft_q0.5to0-linear"]
+    assert "paft_q0.5to0-linear" in (out / "report.md").read_text()
+    err = capsys.readouterr().err  # --progress false: no bars, transformers' included
+    assert "Loading weights" not in err and "Writing model shards" not in err and "it/s" not in err
+
+
+def test_help_shows_defaults_once_and_speaks_of_m_at_k(capsys):
+    for argv in (["train", "--help"], ["eval", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        text = " ".join(capsys.readouterr().out.split())
+        assert "(default: None) (default:" not in text and "(default: all) (default" not in text
+        assert "maj@" not in text
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--k K samples per example (default: 16)" in text and "m@k" in text
+    assert "cold (no format cue) (default: cold)" in text

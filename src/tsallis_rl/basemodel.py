@@ -156,6 +156,11 @@ def _save_atomic(model, tok, out_dir: Path, meta: dict) -> None:
         raise
 
 
+def cached_base_model(cfg: BaseModelConfig | None = None, cache_dir: Path | None = None) -> Path:
+    """Where the base model of `cfg` lives in the cache (built or not: see `base_model.json`)."""
+    return (cache_dir or default_cache_dir()) / f"chainsum-base-{(cfg or BaseModelConfig()).key()}"
+
+
 def ensure_base_model(
     cfg: BaseModelConfig | None = None, cache_dir: Path | None = None, *, progress: bool = True
 ) -> Path:
@@ -166,7 +171,7 @@ def ensure_base_model(
     only a `*.tmp-*` folder, removed by the next build.
     """
     cfg = cfg or BaseModelConfig()
-    path = (cache_dir or default_cache_dir()) / f"chainsum-base-{cfg.key()}"
+    path = cached_base_model(cfg, cache_dir)
     if (path / "base_model.json").exists():
         return path
     with file_lock(path.with_name(path.name + ".lock")):

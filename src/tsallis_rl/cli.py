@@ -10,6 +10,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import typing
 
 from tsallis_rl import __version__, commands
 
@@ -18,8 +19,15 @@ class UserError(Exception):
     """An error in what the user asked for (bad flag, bad file): printed without a traceback."""
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (status 2) instead of the whole usage block."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="tsallis-rl",
         description="Train reasoning LMs on the J_Q loss continuum (GARL, PAFT, GRPO).",
     )
@@ -41,10 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except (UserError, ValueError, FileNotFoundError) as exc:
+    except (UserError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
         if getattr(args, "debug", False):
             raise
-        print(f"tsallis-rl {args.command}: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split()) or type(exc).__name__  # one line, whatever it holds
+        print(f"tsallis-rl {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

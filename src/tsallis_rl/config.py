@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import re
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,8 @@ def _opt(default: Any, help: str, choices: tuple | None = None, **kw: Any) -> An
 
 
 DEFAULT_SUITE = "grpo,garl:0,garl:0.75,garl:1,paft:0.75"
+"""The cold-start suite: what `tsallis-rl train` runs unless --estimator, --q or --estimators says
+otherwise (applied by `from_args`, recorded in the run's config.yaml)."""
 
 
 @dataclass
@@ -54,7 +60,7 @@ class TrainConfig:
     )
     train_size: int | None = _opt(
         None,
-        "training examples: how many a generated task makes (chainsum: 2000), a cap for file tasks (default: all)",
+        "training examples: how many a generated task makes (default None = the task's own: chainsum 2000, every example of a file task), or a cap",
     )
     val_size: int = _opt(50, "validation examples")
     test_size: int = _opt(200, "test examples")
@@ -62,13 +68,14 @@ class TrainConfig:
     estimator: str = _opt("garl", "estimator: garl, paft, grpo, rb_rloo (or a registered name)")
     estimators: str | None = _opt(
         None,
-        f"comma list of NAME[:q] runs that share all other options; default without --model/--task: {DEFAULT_SUITE}",
+        f"comma list of NAME[:q] runs that share all other options (a YAML list works too); default when neither --estimator nor --q is given: the cold-start suite {DEFAULT_SUITE}",
     )
     q: float = _opt(0.75, "commitment q in [0, 1] (0 = RLVR, 1 = log marginal likelihood)")
     q_schedule: str = _opt("constant", "q schedule", ("constant", "step", "linear", "cosine"))
     q_end: float | None = _opt(None, "final q of a step/linear/cosine schedule")
-    q_switch_step: int = _opt(
-        0, "step schedule: q until this step, q_end after (SFT-then-RLVR analogue)"
+    q_switch_step: int | None = _opt(
+        None,
+        "step schedule (required there): q until this step, q_end after (SFT-then-RLVR analogue)",
     )
     num_rollouts: int = _opt(8, "M: rationales sampled per prompt")
     num_samples: int | None = _opt(None, "K: PAFT resampled rationales per prompt (default M)")
@@ -126,7 +133,7 @@ class TrainConfig:
         "model dtype: auto = bf16 on CUDA, fp32 on CPU",
         ("auto", "float32", "bfloat16", "float16"),
     )
-    device: str = _opt("auto", "device: auto, cpu, cuda, cuda:N")
+    device: str = _opt("auto", "device: auto, cpu, cuda, cuda:N, mps")
     micro_batch: int = _opt(64, "sequences per forward pass when computing log-probs")
     gen_batch_size: int = _opt(256, "sequences sampled at once")
     threads: int = _opt(2, "CPU threads for torch (split between --workers)")
@@ -146,17 +153,40 @@ class TrainConfig:
     progress: bool = _opt(True, "show progress bars")
 
     # ----------------------------------------------------------------------------------------------
-    def validate(self, source: str = "config") -> TrainConfig:
-        """Raise ConfigError naming the first bad field; returns self."""
+    def validate(
+        self, source: str = "config", sources: dict[str, str] | None = None
+    ) -> TrainConfig:
+        """Raise ConfigError naming the first bad field (and where it came from); returns self.
+
+        Pure checks of values and of the local file system only (no model is loaded, nothing is
+        written): `sources` maps a field to the file or "flags" that set it, default `source`.
+        """
         from tsallis_rl.estimators import get_estimator_spec, list_estimators
 
         def bad(name: str, why: str) -> None:
-            raise ConfigError(f"{source}: {name} = {getattr(self, name)!r}: {why}")
+            where = (sources or {}).get(name, source)
+            raise ConfigError(f"{where}: {name} = {getattr(self, name)!r}: {why}")
 
         for f in fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 bad(f.name, f"must be one of {', '.join(choices)}")
+        for f in fields(self):  # NaN/inf pass every comparison below, so refuse them first
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                bad(f.name, "must be a finite number")
+        for name, low, strict in (
+            ("clip_eps", 0.0, True),
+            ("eval_temperature", 0.0, False),
+            ("max_grad_norm", 0.0, False),
+            ("weight_decay", 0.0, False),
+            ("lora_r", 1, False),
+            ("lora_alpha", 1, False),
+        ):
+            v = getattr(self, name)
+            if v < low or (strict and v == low):
+                bad(name, f"must be {'>' if strict else '>='} {low}")
+        self._validate_paths(bad)
         for name in ("q", "q_end"):
             v = getattr(self, name)
             if v is not None and not (0.0 <= float(v) <= 1.0):
@@ -181,10 +211,11 @@ class TrainConfig:
             "val_size",
             "test_size",
             "warmup_steps",
-            "q_switch_step",
         ):
             if int(getattr(self, name)) < 0:
                 bad(name, "must be >= 0")
+        if self.q_switch_step is not None and self.q_switch_step < 0:
+            bad("q_switch_step", "must be >= 0")
         if self.train_size is not None and self.train_size < 1:
             bad("train_size", "must be >= 1")
         if self.num_samples is not None and self.num_samples < 1:
@@ -197,6 +228,21 @@ class TrainConfig:
             bad("top_p", "must lie in (0, 1]")
         if self.q_schedule != "constant" and self.q_end is None:
             bad("q_end", f"the {self.q_schedule} schedule needs q_end")
+        if self.q_schedule == "constant" and self.q_end is not None:
+            bad(
+                "q_end", "only a step/linear/cosine --q-schedule uses it (the schedule is constant)"
+            )
+        if self.q_schedule == "step" and self.q_switch_step is None:
+            bad("q_switch_step", "the step schedule needs it: the step at which q becomes q_end")
+        if self.q_schedule != "step" and self.q_switch_step not in (None, 0):  # 0: old configs
+            bad(
+                "q_switch_step",
+                f"only the step schedule uses it (the schedule is {self.q_schedule})",
+            )
+        if self.q_switch_step is not None and self.q_switch_step > self.steps:
+            bad(
+                "q_switch_step", f"lies after the last step ({self.steps}): q_end would never apply"
+            )
         known = list_estimators()
         for name, q in self.runs():
             if name not in known:
@@ -217,11 +263,41 @@ class TrainConfig:
             bad("resume", "cannot be combined with overwrite")
         return self
 
+    def _validate_paths(self, bad: Any) -> None:
+        """Device syntax and availability, a path-like --model that exists, --out not a file."""
+        if not _DEVICE.fullmatch(self.device):
+            bad("device", "expected auto, cpu, cuda, cuda:N or mps")
+        if self.device.startswith("cuda") or self.device == "mps":
+            import torch
+
+            if self.device.startswith("cuda") and not torch.cuda.is_available():
+                bad("device", "CUDA is not available here (use --device cpu or auto)")
+            if (
+                self.device.startswith("cuda:")
+                and int(self.device[5:]) >= torch.cuda.device_count()
+            ):
+                bad("device", f"this machine has {torch.cuda.device_count()} CUDA device(s)")
+            if self.device == "mps" and not torch.backends.mps.is_available():
+                bad("device", "MPS is not available here (use --device cpu or auto)")
+        if self.model is not None:
+            if not self.model.strip():
+                bad("model", "is empty")
+            if looks_like_path(self.model) and not Path(self.model).expanduser().exists():
+                bad("model", "no such directory (a local model path must exist)")
+            if Path(self.model).expanduser().is_file():
+                bad("model", "is a file; pass the model's directory (config.json + weights)")
+        out = Path(self.out).expanduser()
+        if out.is_file():
+            bad("out", "is a file; the run directory must be a directory")
+        for parent in out.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    bad("out", f"{parent} is a file, so the run directory cannot be made")
+                break
+
     def runs(self) -> list[tuple[str, float | None]]:
-        """(estimator, q) of every run: from `estimators`, the default suite, or the single estimator."""
+        """(estimator, q) of every run: one per item of `estimators`, else the single estimator."""
         spec = self.estimators
-        if spec is None and self.model is None and self.task == "chainsum" and self.data is None:
-            spec = DEFAULT_SUITE
         if spec is None:
             return [(self.estimator.lower(), self.q)]
         out = []
@@ -247,9 +323,28 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def run_tag(name: str, q: float | None, uses_q: bool) -> str:
-    """Directory/legend name of one run, e.g. garl_q0.75 or grpo."""
-    return f"{name}_q{q:g}" if uses_q and q is not None else name
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def looks_like_path(name: str) -> bool:
+    """True when `name` can only be a local path (not a hub id such as `org/model`)."""
+    return name.startswith((".", "/", "~")) or "\\" in name or not _HUB_ID.fullmatch(name)
+
+
+def run_tag(
+    name: str,
+    q: float | None,
+    uses_q: bool,
+    schedule: str = "constant",
+    q_end: float | None = None,
+) -> str:
+    """Directory/legend name of one run: garl_q0.75, grpo, or garl_q1to0.5-linear for a schedule."""
+    if not uses_q or q is None:
+        return name
+    if schedule != "constant" and q_end is not None:
+        return f"{name}_q{q:g}to{q_end:g}-{schedule}"
+    return f"{name}_q{q:g}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -262,9 +357,14 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = p.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{p}:{line}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{p}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping of options, got {type(data).__name__}")
     names = {f.name for f in fields(TrainConfig)}
@@ -274,7 +374,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-def _parse_bool(s: str) -> bool:
+def parse_bool(s: str) -> bool:
     if s.lower() in ("1", "true", "yes", "on"):
         return True
     if s.lower() in ("0", "false", "no", "off"):
@@ -282,22 +382,33 @@ def _parse_bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
 
 
+def field_type(name: str) -> type:
+    """The value type of a TrainConfig field from its annotation (`int | None` -> int)."""
+    hint = typing.get_type_hints(TrainConfig)[name]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+    return hint
+
+
+def finite_float(s: str) -> float:
+    value = float(s)
+    if not math.isfinite(value):  # argparse would accept nan/inf; no option means them
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {s!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field (defaults shown from the dataclass), plus --config."""
+    """One flag per TrainConfig field (type from its annotation, default shown), plus --config."""
     parser.add_argument("--config", help="YAML file of options (flags override it)")
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         help_text = f"{f.metadata['help']} (default: {default})"
-        kind = type(default) if default is not None else None
-        if f.name in ("q_end", "q"):
-            kind = float
-        if f.name in ("num_samples", "train_size"):
-            kind = int
+        kind = field_type(f.name)
         if kind is bool:
             parser.add_argument(
                 flag,
-                type=_parse_bool,
+                type=parse_bool,
                 nargs="?",
                 const=True,
                 default=None,
@@ -307,7 +418,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         else:
             parser.add_argument(
                 flag,
-                type=kind or str,
+                type=finite_float if kind is float else kind,
                 default=None,
                 choices=f.metadata.get("choices"),
                 help=help_text,
@@ -315,30 +426,120 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def from_args(args: argparse.Namespace) -> TrainConfig:
-    """TrainConfig from YAML (if --config) overridden by the flags that were given."""
-    values: dict[str, Any] = load_yaml(args.config) if getattr(args, "config", None) else {}
-    for f in fields(TrainConfig):
-        v = getattr(args, f.name, None)
-        if v is not None:
-            values[f.name] = v
-    source = args.config if getattr(args, "config", None) else "flags"
-    try:
-        cfg = TrainConfig(**values)
-    except TypeError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-    _coerce_types(cfg, source)
-    return cfg.validate(source)
+    """TrainConfig from YAML (if --config) overridden by the flags that were given.
+
+    Which runs: `estimators` if given, else the single `estimator`/`q` if either was given, else
+    the cold-start suite (DEFAULT_SUITE). A flag overrides the same choice made in the YAML.
+    """
+    config = getattr(args, "config", None)
+    from_yaml: dict[str, Any] = load_yaml(config) if config else {}
+    flags = {
+        f.name: getattr(args, f.name)
+        for f in fields(TrainConfig)
+        if getattr(args, f.name, None) is not None
+    }
+    sources = {**{k: str(config) for k in from_yaml}, **{k: "flags" for k in flags}}
+    # A saved config.yaml lists every field; there, estimator/q at their defaults chose nothing.
+    chosen = {k for k, v in from_yaml.items() if v is not None and v != default_of(k)}
+    for given, where in ((chosen, str(config)), (set(flags), "flags")):
+        if "estimators" in given and "estimator" in given:
+            raise ConfigError(
+                f"{where}: estimator and estimators both given: estimator names one run, "
+                "estimators a suite; keep one"
+            )
+    values = {**from_yaml, **flags}
+    if "estimator" in flags:  # the command line's single run replaces the YAML's suite
+        values.pop("estimators", None)
+    elif "estimators" in flags:
+        values.pop("estimator", None)
+    # `estimators: null` in a YAML (as a single run's saved config.yaml has) chooses one run
+    if not {"estimator", "estimators", "q"} & (
+        chosen | set(flags) | set(from_yaml) & {"estimators"}
+    ):
+        values["estimators"] = DEFAULT_SUITE
+        sources["estimators"] = "default suite"
+    cfg = TrainConfig(**values)
+    _coerce_types(cfg, sources)
+    cfg.validate("flags", sources)
+    given = chosen | set(flags)
+    if "q" in given:
+        _refuse_unused_q(cfg, sources)
+    _refuse_unused_options(cfg, given, sources)
+    return cfg
 
 
-def _coerce_types(cfg: TrainConfig, source: str) -> None:
-    """YAML values of the wrong type (e.g. q: 'high') become ConfigErrors naming the field."""
+ESTIMATOR_OPTIONS = (
+    "baseline",
+    "pathwise",
+    "normalize",
+    "num_samples",
+    "clip_eps",
+    "scale_rewards",
+)
+"""Fields an estimator takes when its function's signature names them (bound by the trainer)."""
+
+
+def _refuse_unused_options(cfg: TrainConfig, given: set[str], sources: dict[str, str]) -> None:
+    """An option given explicitly that no run of this config would read is an error, not ignored."""
+    import inspect
+
+    from tsallis_rl.estimators import get_estimator_spec
+
+    names = sorted({n for n, _ in cfg.runs()})
+    for option in ESTIMATOR_OPTIONS:
+        if option not in given:
+            continue
+        users = [
+            n for n in names if option in inspect.signature(get_estimator_spec(n).fn).parameters
+        ]
+        if not users:
+            raise ConfigError(
+                f"{sources.get(option, 'flags')}: {option} = {getattr(cfg, option)!r}: no run "
+                f"uses it (the estimators here: {', '.join(names)})"
+            )
+    for option in ("lora_r", "lora_alpha", "lora_targets"):
+        if option in given and not cfg.lora:
+            raise ConfigError(
+                f"{sources.get(option, 'flags')}: {option} = {getattr(cfg, option)!r}: "
+                "applies only with lora = true (--lora)"
+            )
+
+
+def default_of(name: str) -> Any:
+    """The default of a TrainConfig field (the one source of every subcommand's defaults)."""
+    f = TrainConfig.__dataclass_fields__[name]
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+
+
+def _coerce_types(cfg: TrainConfig, sources: dict[str, str]) -> None:
+    """YAML values of the wrong type (e.g. q: 'high') become ConfigErrors naming the field and file."""
     for f in fields(TrainConfig):
         v = getattr(cfg, f.name)
-        default = f.default if f.default is not dataclasses.MISSING else None
-        if v is None or default is None:
+        if v is None:
             continue
-        want = type(default)
-        if want is float and isinstance(v, int) and not isinstance(v, bool):
+        want = field_type(f.name)
+        where = sources.get(f.name, "config")
+        if f.name == "estimators" and isinstance(v, list) and all(isinstance(x, str) for x in v):
+            setattr(cfg, f.name, ",".join(v))  # YAML list form: [grpo, "garl:0.75"]
+        elif want is float and isinstance(v, int) and not isinstance(v, bool):
             setattr(cfg, f.name, float(v))
         elif not isinstance(v, want) or (want is int and isinstance(v, bool)):
-            raise ConfigError(f"{source}: {f.name} = {v!r}: expected {want.__name__}")
+            raise ConfigError(f"{where}: {f.name} = {v!r}: expected {want.__name__}")
+
+
+def _refuse_unused_q(cfg: TrainConfig, sources: dict[str, str]) -> None:
+    """An explicit q with a suite whose every run names its own q (or has none) would be ignored."""
+    from tsallis_rl.estimators import get_estimator_spec
+
+    if cfg.estimators is None:
+        if not get_estimator_spec(cfg.estimator).uses_q:
+            raise ConfigError(
+                f"{sources['q']}: q = {cfg.q}: estimator {cfg.estimator!r} takes no q; drop q"
+            )
+        return
+
+    if not any(q is None and get_estimator_spec(n).uses_q for n, q in cfg.runs()):
+        raise ConfigError(
+            f"{sources['q']}: q = {cfg.q}: no run of estimators = {cfg.estimators!r} uses it "
+            "(each names its own q or takes none); drop q or write NAME without :q"
+        )

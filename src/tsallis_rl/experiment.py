@@ -1,8 +1,8 @@
 """Run a suite of (estimator, q) trainings that share one config, then write the report.
 
 `tsallis-rl train` with no arguments runs the embedded default: the cold-start chain-sum experiment
-(GRPO, GARL q = 0 / 0.75 / 1, PAFT q = 0.75 from the project's own base model). With --model/--task
-it runs the estimators asked for on any HF causal LM and task. Each run lives in OUT/<tag>/; OUT holds
+(GRPO, GARL q = 0 / 0.75 / 1, PAFT q = 0.75 from the project's own base model; the suite is the
+default of `estimators`, chosen in `config.from_args`). Any HF causal LM and task run the same way. Each run lives in OUT/<tag>/; OUT holds
 report.md, summary.json, metrics.jsonl (all runs, tagged), config.yaml and the plots.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from tsallis_rl.config import ConfigError, TrainConfig, run_tag
+from tsallis_rl.config import ConfigError, TrainConfig, looks_like_path, run_tag
 from tsallis_rl.estimators import get_estimator_spec
 from tsallis_rl.rundir import check_out, prepare_out, read_jsonl
 from tsallis_rl.tasks import Example, Task, get_task
@@ -37,22 +37,136 @@ def resolve_device(cfg: TrainConfig) -> tuple[torch.device, torch.dtype]:
     return device, dtype
 
 
+def locate_model(name: str) -> str:
+    """A loadable reference for `name`: a local directory, or a hub id found in (or fetched into)
+    the local Hugging Face cache. Raises ConfigError saying what was tried and how to fix it.
+
+    Fast when offline: the local cache is tried first (no network); the hub only when
+    HF_HUB_OFFLINE is unset and a 3-second connection to it succeeds.
+    """
+    from transformers import AutoConfig
+
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ConfigError(f"model: {name} is a directory without config.json (not an HF model)")
+        return str(path)
+    if looks_like_path(name):
+        raise ConfigError(f"model: {name}: no such directory")
+    tried = [f"no local directory {name!r}", "not in the local Hugging Face cache"]
+    try:
+        AutoConfig.from_pretrained(name, local_files_only=True)
+        return name
+    except (OSError, ValueError):
+        pass
+    reason = _hub_unreachable()
+    if reason is None:
+        try:
+            AutoConfig.from_pretrained(name)
+            return name
+        except (OSError, ValueError) as exc:
+            reason = f"the hub refused it ({' '.join(str(exc).split())[:160]})"
+    tried.append(reason)
+    raise ConfigError(
+        f"model: cannot load {name!r}: {'; '.join(tried)}. Fix: pass a local model directory, "
+        f"or download it where there is network (`hf download {name}`) and copy the cache "
+        "(HF_HOME), or check the name's spelling and access rights"
+    )
+
+
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be reached right now (None when it can)."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("TRANSFORMERS_OFFLINE") == "1":
+        return "hub not tried: offline mode (HF_HUB_OFFLINE)"
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+    except OSError as exc:
+        return f"hub {url.hostname} unreachable ({exc.__class__.__name__})"
+    return None
+
+
+_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.json", "tokenizer.model")
+
+
+def tokenizer_source(model_ref: str) -> str:
+    """Where the tokenizer of `model_ref` lives: itself, or for a checkpoint folder
+    (RUN/<tag>/checkpoints/step-N, which holds weights only) its run's best/ or base model."""
+    path = Path(model_ref)
+    if not path.is_dir() or any((path / f).exists() for f in _TOKENIZER_FILES):
+        return model_ref
+    if (path / "adapter_config.json").exists():
+        raise ConfigError(
+            f"model: {path} holds LoRA adapters only; evaluate {path.parent.parent / 'best'} "
+            "(the merged model) instead"
+        )
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
+    if run_dir is not None and any((run_dir / "best" / f).exists() for f in _TOKENIZER_FILES):
+        return str(run_dir / "best")
+    if run_dir is not None and (run_dir / "config.yaml").exists():
+        import yaml as _yaml
+
+        base = (_yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("model")
+        if base is None:
+            from tsallis_rl.basemodel import ensure_base_model
+
+            return str(ensure_base_model(progress=False))
+        return locate_model(str(base))
+    raise ConfigError(
+        f"model: {path} has weights but no tokenizer and is not inside a run's checkpoints/; "
+        "pass a folder with a tokenizer, e.g. RUN/<tag>/best"
+    )
+
+
+def quiet_transformers(progress: bool) -> None:
+    """With progress off, silence transformers' and the hub's own loading/saving bars too."""
+    if progress:
+        return
+    import transformers
+    from huggingface_hub.utils import disable_progress_bars
+
+    transformers.utils.logging.disable_progress_bar()
+    disable_progress_bars()
+
+
+def load_tokenizer(model_ref: str) -> Any:
+    """The tokenizer of a located model (pad = eos when it has no pad token)."""
+    from transformers import AutoTokenizer
+
+    source = tokenizer_source(model_ref)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"model: cannot load the tokenizer of {source}: {exc}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_model(
     cfg: TrainConfig, device: torch.device, dtype: torch.dtype
 ) -> tuple[torch.nn.Module, Any]:
     """The policy and tokenizer: cfg.model, or the cached default base model; LoRA when asked."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
+    quiet_transformers(cfg.progress)
     if cfg.model is None:
         from tsallis_rl.basemodel import ensure_base_model
 
-        path: str | Path = ensure_base_model(progress=cfg.progress)
+        path = str(ensure_base_model(progress=cfg.progress))
     else:
-        path = cfg.model
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+        path = locate_model(cfg.model)
+    tokenizer = load_tokenizer(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    except OSError as exc:
+        raise ConfigError(f"model: cannot load the weights of {path}: {exc}") from None
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = True
@@ -74,6 +188,47 @@ def load_model(
             ),
         )
     return model, tokenizer
+
+
+def position_limit(model_ref: str) -> int | None:
+    """The model's maximum sequence length, read from its config only (no weights loaded)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_ref)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_lengths(
+    cfg: TrainConfig, task: Task, splits: dict[str, list[Example]], model_ref: str
+) -> None:
+    """Refuse (ConfigError) when the longest prompt + thinking budget + answer does not fit the
+    model's position limit; names the numbers and the flags that change them."""
+    from tsallis_rl.prompts import PromptFormatter
+
+    limit = position_limit(model_ref)
+    if limit is None:
+        return
+    fmt = PromptFormatter.build(load_tokenizer(model_ref), task, cfg)
+    examples = [ex for exs in splits.values() for ex in exs]
+    if not examples:
+        return
+    # token counts of the 64 longest prompts in characters (all of them costs seconds on big sets)
+    by_chars = sorted(examples, key=lambda ex: len(fmt.prompt_text(ex)), reverse=True)[:64]
+    prompt, longest = max((len(fmt.prompt(ex)), ex.id) for ex in by_chars)
+    answer = max(cfg.answer_budget, max(len(fmt.gold(ex)) for ex in examples))
+    need = prompt + cfg.thinking_budget + len(fmt.think_close) + answer
+    if need > limit:
+        raise ConfigError(
+            f"lengths: the longest prompt ({prompt} tokens, id {longest!r}) + thinking_budget "
+            f"{cfg.thinking_budget} + </think> {len(fmt.think_close)} + answer {answer} = {need} "
+            f"tokens, but the model takes at most {limit} (max_position_embeddings). Lower "
+            "--thinking-budget/--answer-budget, use shorter prompts (--regime, the data), or a "
+            "model with a longer context"
+        )
 
 
 def make_splits(task: Task, cfg: TrainConfig) -> dict[str, list[Example]]:
@@ -101,6 +256,21 @@ def make_splits(task: Task, cfg: TrainConfig) -> dict[str, list[Example]]:
     return splits
 
 
+def check_model(cfg: TrainConfig, task: Task, splits: dict[str, list[Example]]) -> None:
+    """Before the run directory exists: the model loads its config and tokenizer, and the longest
+    prompt fits it. The default base model is checked once it is cached (its first build is the
+    run's own model work, so it is not started here)."""
+    quiet_transformers(cfg.progress)
+    if cfg.model is not None:
+        model_ref = locate_model(cfg.model)
+    else:
+        from tsallis_rl.basemodel import cached_base_model
+
+        cached = cached_base_model()
+        if not (cached / "base_model.json").exists():
+            return
+        model_ref = str(cached)
+    check_lengths(cfg, task, splits, model_ref)
 def run_suite(cfg: TrainConfig) -> list[dict[str, Any]]:
     """Train every (estimator, q) of cfg.runs() and write OUT/report.md, summary.json and plots.
 
@@ -109,8 +279,9 @@ def run_suite(cfg: TrainConfig) -> list[dict[str, Any]]:
     """
     cfg.validate()
     task = get_task(cfg.task)
-    make_splits(task, cfg)  # fail on bad data before anything is built
+    splits = make_splits(task, cfg)  # fail on bad data before anything is built
     check_out(cfg)  # --out usable as asked (and a --resume's config unchanged); writes nothing
+    check_model(cfg, task, splits)  # and on a model that cannot load or cannot fit the prompts
     accelerator = _maybe_accelerator(cfg)
     is_main = accelerator is None or accelerator.is_main_process
     out = Path(cfg.out)
@@ -125,8 +296,6 @@ def run_suite(cfg: TrainConfig) -> list[dict[str, Any]]:
         if accelerator is not None:
             accelerator.wait_for_everyone()
         model_path = str(ensure_base_model(base_cfg, progress=False))
-    else:
-        _check_model(model_path)
     if is_main:  # every check passed: only now is --out created, replaced or reopened
         out = prepare_out(cfg)
     if accelerator is not None:
@@ -135,7 +304,8 @@ def run_suite(cfg: TrainConfig) -> list[dict[str, Any]]:
     for name, q in cfg.runs():
         spec = get_estimator_spec(name)
         run_cfg = cfg.for_run(name, q)
-        jobs.append((run_cfg, run_tag(name, run_cfg.q, spec.uses_q)))
+        tag = run_tag(name, run_cfg.q, spec.uses_q, run_cfg.q_schedule, run_cfg.q_end)
+        jobs.append((run_cfg, tag))
     results: dict[str, dict[str, Any]] = {}
     pending = []
     for run_cfg, tag in jobs:
@@ -151,12 +321,17 @@ def run_suite(cfg: TrainConfig) -> list[dict[str, Any]]:
         threads = max(1, cfg.threads // workers)
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = {
+            futures = {  # workers stay silent; this process draws one combined bar
                 tag: pool.submit(
-                    train_run, run_cfg.to_dict(), model_path, str(out / tag), threads, i % workers
+                    train_run,
+                    {**run_cfg.to_dict(), "progress": False},
+                    model_path,
+                    str(out / tag),
+                    threads,
                 )
-                for i, (run_cfg, tag) in enumerate(pending)
+                for run_cfg, tag in pending
             }
+            _combined_progress(out, {t: c.steps for c, t in pending}, futures, cfg.progress)
             for tag, fut in futures.items():
                 results[tag] = {"tag": tag, **fut.result()}
     else:
@@ -172,6 +347,47 @@ def run_suite(cfg: TrainConfig) -> list[dict[str, Any]]:
 
     write_report(out, cfg, ordered)
     return ordered
+
+
+def _combined_progress(
+    out: Path, steps: dict[str, int], futures: dict[str, Any], progress: bool
+) -> None:
+    """One bar over all parallel runs (steps read from each run's metrics.jsonl) until all end.
+
+    One bar is readable however many processes train; in a log file (not a TTY) it prints a
+    plain line every 30 s instead of redrawing.
+    """
+    import sys
+    from concurrent.futures import FIRST_EXCEPTION, wait
+
+    from tqdm.auto import tqdm
+
+    tty = sys.stderr.isatty()
+    bar = tqdm(
+        total=sum(steps.values()),
+        desc=f"{len(steps)} runs",
+        disable=not progress,
+        dynamic_ncols=tty,
+        mininterval=0.5 if tty else 30.0,
+    )
+    now = dict.fromkeys(steps, 0)
+    while True:
+        done, running = wait(list(futures.values()), timeout=2.0, return_when=FIRST_EXCEPTION)
+        now = {tag: max(now[tag], _last_step(out / tag)) for tag in steps}
+        bar.update(sum(now.values()) - bar.n)
+        bar.set_postfix_str("  ".join(f"{t} {now[t]}/{n}" for t, n in steps.items()))
+        if not running or any(f.exception() for f in done):
+            break
+    bar.close()
+
+
+def _last_step(run_dir: Path) -> int:
+    """The last optimizer step a run has logged (0 before its first)."""
+    try:
+        rows = read_jsonl(run_dir / "metrics.jsonl")
+    except (OSError, ValueError):
+        return 0
+    return max((int(r.get("step", 0)) for r in rows if r.get("kind") == "train"), default=0)
 
 
 def train_run(
@@ -203,17 +419,6 @@ def train_run(
         bar_position=position,
     )
     return trainer.fit()
-
-
-def _check_model(path: str) -> None:
-    """A ConfigError naming --model if its config or tokenizer cannot be loaded (cheap, no weights)."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    try:
-        AutoConfig.from_pretrained(path)
-        AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"model: cannot load {path!r}: {str(exc).splitlines()[0]}") from None
 
 
 def _maybe_accelerator(cfg: TrainConfig) -> Any:

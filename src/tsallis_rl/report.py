@@ -113,20 +113,7 @@ def write_plots(out: Path, per_run: dict[str, list[dict[str, Any]]], k: int) -> 
     ]
     paths = []
     for fname, kind, key, title in specs:
-        fig, ax = plt.subplots(figsize=(6.4, 4.0))
-        for tag, recs in per_run.items():
-            pts = [
-                (r["step"], r[key]) for r in recs if r["kind"] == kind and r.get(key) is not None
-            ]
-            if pts:
-                ax.plot(*zip(*pts), label=tag, marker="o" if kind == "eval" else None, markersize=3)
-        ax.set_xlabel("step")
-        ax.set_title(title)
-        if key == "max_adv":
-            ax.set_yscale("symlog", linthresh=1e-4)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
+        fig = plot_metric(per_run, kind, key, title)
         path = out / fname
         tmp = out / (fname + ".tmp.png")
         fig.savefig(tmp, dpi=110)
@@ -134,3 +121,24 @@ def write_plots(out: Path, per_run: dict[str, list[dict[str, Any]]], k: int) -> 
         tmp.replace(path)
         paths.append(path)
     return paths
+
+
+def plot_metric(per_run: dict[str, list[dict[str, Any]]], kind: str, key: str, title: str) -> Any:
+    """One metric per step, a line per run; rates (p@k, m@k) on a [0, 1] axis even when all 0."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for tag, recs in per_run.items():
+        pts = [(r["step"], r[key]) for r in recs if r["kind"] == kind and r.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), label=tag, marker="o" if kind == "eval" else None, markersize=3)
+    ax.set_xlabel("step")
+    ax.set_title(title)
+    if key == "max_adv":
+        ax.set_yscale("symlog", linthresh=1e-4)
+    if key.startswith(("p@", "m@")):
+        ax.set_ylim(0.0, 1.0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

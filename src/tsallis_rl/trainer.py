@@ -31,19 +31,14 @@ import torch
 from torch import Tensor
 
 from tsallis_rl import rundir
-from tsallis_rl.config import ConfigError, TrainConfig
+from tsallis_rl.config import TrainConfig
 from tsallis_rl.estimators import get_estimator_spec
 from tsallis_rl.gradient import apply_gradient, no_rationale_rows, stack_rows
 from tsallis_rl.metrics import score_samples
+from tsallis_rl.prompts import PromptFormatter
 from tsallis_rl.rollout import ANSWER, Rollout, sample, score
 from tsallis_rl.rundir import Loggers, json_safe, read_jsonl, write_atomic
-from tsallis_rl.tasks.base import (
-    THINK_CLOSE,
-    Example,
-    Task,
-    default_answer_prefix,
-    format_for_model,
-)
+from tsallis_rl.tasks.base import Example, Task
 
 # --------------------------------------------------------------------------------------------------
 # q schedules (pure)
@@ -63,60 +58,6 @@ def q_at(cfg: TrainConfig, step: int) -> float:
 
 
 # --------------------------------------------------------------------------------------------------
-# Prompt encoding
-
-
-@dataclass
-class Encoder:
-    """Turns examples into token ids the way the model sees them (prompt, gold answer, markers)."""
-
-    tokenizer: Any
-    task: Task
-    regime: str
-    chat: bool
-    answer_prefix: str
-
-    @classmethod
-    def build(cls, tokenizer: Any, task: Task, cfg: TrainConfig) -> Encoder:
-        has_template = bool(getattr(tokenizer, "chat_template", None))
-        chat = {"auto": has_template, "on": True, "off": False}[cfg.chat_template]
-        if chat and not has_template:
-            raise ConfigError("chat_template = 'on' but the tokenizer has no chat template")
-        auto = cfg.answer_prefix == "auto"
-        prefix = default_answer_prefix(chat=chat) if auto else cfg.answer_prefix
-        return cls(tokenizer, task, cfg.regime, chat, prefix)
-
-    def ids(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def prompt_text(self, ex: Example) -> str:
-        return format_for_model(
-            self.task.build_prompt(ex, self.regime), self.tokenizer, chat=self.chat
-        )
-
-    def prompt(self, ex: Example) -> list[int]:
-        text = self.prompt_text(ex)
-        return list(self.tokenizer(text, add_special_tokens=not self.chat)["input_ids"])
-
-    def gold(self, ex: Example) -> list[int]:
-        """The teacher-forced answer: prefix + y* + end token."""
-        return self.ids(self.answer_prefix + self.task.target(ex)) + [self.tokenizer.eos_token_id]
-
-    @property
-    def think_close(self) -> list[int]:
-        return self.ids(THINK_CLOSE)
-
-    @property
-    def eos_ids(self) -> list[int]:
-        return [self.tokenizer.eos_token_id]
-
-    @property
-    def pad_id(self) -> int:
-        pad = self.tokenizer.pad_token_id
-        return self.tokenizer.eos_token_id if pad is None else pad
-
-    def decode(self, r: Rollout) -> str:
-        return self.tokenizer.decode(r.rationale + r.forced + r.answer, skip_special_tokens=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -150,7 +91,7 @@ class Trainer:
         self.splits, self.run_dir, self.device = splits, Path(run_dir), device
         self.accelerator = accelerator
         self.spec = get_estimator_spec(cfg.estimator)
-        self.enc = Encoder.build(tokenizer, task, cfg)
+        self.enc = PromptFormatter.build(tokenizer, task, cfg)
         rank = accelerator.process_index if accelerator is not None else 0
         self.gen = torch.Generator(device=device).manual_seed(cfg.seed + 7919 * rank)  # rollouts
         self.resample_gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)  # PAFT draws

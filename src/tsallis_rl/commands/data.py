@@ -1,34 +1,34 @@
 """`tsallis-rl data stats|show`: look at a task's data exactly as the trainer will see it.
 
-    tsallis-rl data stats --task hotpotqa --path ../shared/data/hotpotqa/dev_300.jsonl
-    tsallis-rl data stats --task finqa --path data/finqa/ --tokenizer Qwen/Qwen3-0.6B
-    tsallis-rl data show --task finqa --path ../shared/data/finqa/dev_200.json --regime cold -n 2
+    tsallis-rl data stats --task hotpotqa --data ../shared/data/hotpotqa/dev_300.jsonl
+    tsallis-rl data stats --task finqa --data data/finqa/ --tokenizer Qwen/Qwen3-0.6B
+    tsallis-rl data show --task finqa --data ../shared/data/finqa/dev_200.json -n 2
     tsallis-rl data show --task "rg:chain_sum?min_terms=3" -n 2
 
-`stats` prints counts (per split when --path is a directory of train/val/test files), how many
-rows were skipped (with --skip-invalid), field checks (empty context, answer lengths, aliases)
-and prompt-length percentiles in characters, and in tokens of the rendered model prompt when
---tokenizer is given (a local path or a name already in the Hugging Face cache; no download is
-forced). `show` prints the rendered prompt (chat template + open <think> when a tokenizer is
-given) and the target y* for the first n examples. A malformed file stops with the file, line and
-field at fault; --skip-invalid skips bad rows and reports how many.
+The flags mean what they mean for `train` (same names and defaults: --task, --data, --regime cold,
+--chat-template), and `show` renders through the trainer's own prompt formatter, so it prints the
+very prompt `train` builds for the same flags: with --tokenizer (or --model) as that model sees it
+(chat template + open <think>), without one as a model without a chat template sees it (the
+default base model). `stats` prints counts (per split when --data is a directory of
+train/val/test files), how many rows were skipped (with --skip-invalid), field checks (empty
+context, answer lengths, aliases) and prompt-length percentiles in characters, and in tokens of
+the rendered prompt when --tokenizer is given (a local path or a name already in the Hugging Face
+cache; the hub is tried only when reachable). A malformed file stops with the file, line and field
+at fault; --skip-invalid skips bad rows and reports how many. `--path` is a deprecated alias of
+--data.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from tsallis_rl.tasks.base import (
-    REGIMES,
-    Example,
-    Task,
-    find_split_files,
-    format_for_model,
-    get_task,
-)
+from tsallis_rl.config import TrainConfig, default_of
+from tsallis_rl.prompts import PromptFormatter
+from tsallis_rl.tasks.base import REGIMES, Example, Task, find_split_files, get_task
 
 
 def register(subparsers: Any) -> None:
@@ -44,12 +44,34 @@ def register(subparsers: Any) -> None:
         ("show", cmd_show, "print rendered prompts and targets"),
     ):
         p = sub.add_parser(name, help=helptext, description=helptext)
-        p.add_argument("--task", required=True, help='finqa, hotpotqa, musique, jsonl, "rg:<spec>"')
         p.add_argument(
-            "--path", default=None, help="data file, or directory of train/val/test files"
+            "--task",
+            default=default_of("task"),
+            help='chainsum, finqa, hotpotqa, musique, jsonl, "rg:<spec>" (default: %(default)s)',
         )
-        p.add_argument("--tokenizer", default=None, help="tokenizer name or path for token counts")
-        p.add_argument("--regime", choices=REGIMES, default="warm", help="prompt regime")
+        p.add_argument(
+            "--data", default=None, help="data file, or directory of train/val/test files"
+        )
+        p.add_argument("--path", default=None, help="deprecated alias of --data")
+        p.add_argument(
+            "--tokenizer",
+            "--model",
+            dest="tokenizer",
+            default=None,
+            help="model (its tokenizer) to render and count tokens for; default: none (plain text)",
+        )
+        p.add_argument(
+            "--regime",
+            choices=REGIMES,
+            default=default_of("regime"),
+            help="prompt regime (default: %(default)s)",
+        )
+        p.add_argument(
+            "--chat-template",
+            choices=("auto", "on", "off"),
+            default=default_of("chat_template"),
+            help="wrap prompts in the tokenizer's chat template (default: %(default)s)",
+        )
         p.add_argument(
             "--skip-invalid", action="store_true", help="skip malformed rows, report count"
         )
@@ -57,15 +79,27 @@ def register(subparsers: Any) -> None:
         p.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "show":
             p.add_argument("-n", type=int, default=2, help="how many examples to print")
+        p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
         p.set_defaults(func=func)
     parser.set_defaults(func=lambda args: (parser.print_help(), 0)[1])
 
 
+def _data_flag(args: argparse.Namespace) -> str | None:
+    """--data, or the deprecated --path (with a warning); both at once is an error."""
+    if args.path is not None:
+        if args.data is not None:
+            raise ValueError("--path is a deprecated alias of --data; pass only --data")
+        print("warning: --path is deprecated; use --data", file=sys.stderr)
+        return args.path
+    return args.data
+
+
 def _load(args: argparse.Namespace) -> tuple[Task, dict[str, list[Example]]]:
     task = get_task(args.task)
-    path = Path(args.path) if args.path else None
+    args.data = _data_flag(args)
+    path = Path(args.data) if args.data else None
     if path is None and task.needs_path:
-        raise ValueError(f"task {args.task!r} needs --path (a data file or directory)")
+        raise ValueError(f"task {args.task!r} needs --data (a data file or directory)")
     if path is not None and not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
     skipped = 0
@@ -90,11 +124,25 @@ def _load(args: argparse.Namespace) -> tuple[Task, dict[str, list[Example]]]:
 
 
 def _tokenizer(name: str | None) -> Any:
+    """The tokenizer of a model name/path, located like `train --model` (fast, clear errors)."""
     if not name:
         return None
-    from transformers import AutoTokenizer
+    from tsallis_rl.experiment import load_tokenizer, locate_model, quiet_transformers
 
-    return AutoTokenizer.from_pretrained(name)
+    quiet_transformers(False)
+    if Path(name).expanduser().is_dir():  # a tokenizer folder needs no model config
+        return load_tokenizer(str(Path(name).expanduser()))
+    return load_tokenizer(locate_model(name))
+
+
+def formatter(args: argparse.Namespace, task: Task, tokenizer: Any) -> PromptFormatter:
+    """The trainer's prompt formatter for these flags (no tokenizer: plain text, no template)."""
+    cfg = TrainConfig(task=args.task, regime=args.regime, chat_template=args.chat_template)
+    if tokenizer is None:
+        if args.chat_template == "on":
+            raise ValueError("--chat-template on needs --tokenizer (the template is the model's)")
+        return PromptFormatter(None, task, args.regime, chat=False, answer_prefix="")
+    return PromptFormatter.build(tokenizer, task, cfg)
 
 
 def _percentiles(values: list[int]) -> dict[str, float]:
@@ -108,8 +156,9 @@ def _percentiles(values: list[int]) -> dict[str, float]:
     return {"min": float(v[0]), "p50": pct(50), "p90": pct(90), "p99": pct(99), "max": float(v[-1])}
 
 
-def split_stats(task: Task, examples: list[Example], regime: str, tokenizer: Any) -> dict[str, Any]:
-    prompts = [task.build_prompt(ex, regime) for ex in examples]
+def split_stats(task: Task, examples: list[Example], fmt: PromptFormatter) -> dict[str, Any]:
+    prompts = [fmt.prompt_text(ex) for ex in examples]
+    tokenizer = fmt.tokenizer
     stats: dict[str, Any] = {
         "examples": len(examples),
         "empty_context": sum(1 for ex in examples if not ex.context.strip()),
@@ -120,8 +169,7 @@ def split_stats(task: Task, examples: list[Example], regime: str, tokenizer: Any
         "prompt_chars": _percentiles([len(p) for p in prompts]),
     }
     if tokenizer is not None:
-        lengths = [len(tokenizer(format_for_model(p, tokenizer))["input_ids"]) for p in prompts]
-        stats["prompt_tokens"] = _percentiles(lengths)
+        stats["prompt_tokens"] = _percentiles([len(fmt.prompt(ex)) for ex in examples])
         stats["target_tokens"] = _percentiles(
             [
                 len(tokenizer(task.target(ex), add_special_tokens=False)["input_ids"])
@@ -133,18 +181,18 @@ def split_stats(task: Task, examples: list[Example], regime: str, tokenizer: Any
 
 def cmd_stats(args: argparse.Namespace) -> int:
     task, splits = _load(args)
-    tok = _tokenizer(args.tokenizer)
+    fmt = formatter(args, task, _tokenizer(args.tokenizer))
     report = {
         "task": args.task,
-        "path": args.path,
+        "data": args.data,
         "regime": args.regime,
         "skipped_invalid": task.last_skipped,
-        "splits": {name: split_stats(task, exs, args.regime, tok) for name, exs in splits.items()},
+        "splits": {name: split_stats(task, exs, fmt) for name, exs in splits.items()},
     }
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"task {args.task}  path {args.path}  regime {args.regime}")
+    print(f"task {args.task}  data {args.data}  regime {args.regime}")
     if args.skip_invalid:
         print(f"skipped invalid rows: {task.last_skipped}")
     for name, st in report["splits"].items():
@@ -160,11 +208,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     task, splits = _load(args)
-    tok = _tokenizer(args.tokenizer)
+    fmt = formatter(args, task, _tokenizer(args.tokenizer))
     shown = []
     for name, exs in splits.items():
         for ex in exs[: max(args.n, 0)]:
-            prompt = format_for_model(task.build_prompt(ex, args.regime), tok)
+            prompt = fmt.prompt_text(ex)
             shown.append({"split": name, "id": ex.id, "prompt": prompt, "target": task.target(ex)})
     if args.json:
         print(json.dumps(shown, indent=2, ensure_ascii=False))

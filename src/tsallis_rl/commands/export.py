@@ -85,7 +85,7 @@ def register(subparsers: Any) -> None:
         "--task", required=True, help="task name: finqa, hotpotqa, musique, jsonl, rg:..."
     )
     p.add_argument("--data", default=None, help="data file or directory (tasks that read files)")
-    p.add_argument("--regime", choices=REGIMES, default="warm", help="prompt regime (default warm)")
+    p.add_argument("--regime", choices=REGIMES, default="cold", help="prompt regime (default cold)")
     p.add_argument("--out", required=True, help="output directory (created)")
     p.add_argument("--val-size", type=_size, default=None, help="val split carved from train")
     p.add_argument("--test-size", type=_size, default=None, help="test split carved from train")

@@ -1,10 +1,15 @@
 """`tsallis-rl train`: with no arguments, the CPU cold-start experiment; otherwise any model and task.
 
     tsallis-rl train                                   # the embedded default (make run)
+    tsallis-rl train --estimator paft --q 0.5          # exactly one run, paft_q0.5
     tsallis-rl train --steps 100 --estimators garl:0.75,grpo --out runs/short
-    tsallis-rl train --model Qwen/Qwen3-0.6B --task finqa --data data/finqa --regime cold \\
+    tsallis-rl train --model Qwen/Qwen3-0.6B --task finqa --data data/finqa --regime cold \
         --estimator garl --q 0.75 --num-rollouts 32 --thinking-budget 3968 --answer-budget 128 --lora
     accelerate launch -m tsallis_rl.cli train --model ... (several GPUs)
+
+Which runs: --estimators (default: the cold-start suite grpo,garl:0,garl:0.75,garl:1,paft:0.75);
+--estimator and/or --q replace it with that single run. Everything is checked (values, data, that
+the model loads and its prompts fit) before the run directory is created.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -437,6 +438,13 @@ def _bias_md(res: dict) -> str:
 
 
 def _bias_plot(res: dict, out: Path) -> None:
+    fig, fig2 = bias_figures(res)
+    _save_fig(fig, out / "bias.png")
+    _save_fig(fig2, out / "variance.png")
+
+
+def bias_figures(res: dict) -> tuple[Any, Any]:
+    """Bias and variance vs M, one panel per P: short panel titles, the shared legend key above."""
     import matplotlib.pyplot as plt
 
     ps = sorted({round(b["P"], 6) for b in res["blocks"]})
@@ -460,10 +468,13 @@ def _bias_plot(res: dict, out: Path) -> None:
                 ax2.loglog(ms, [x[name]["variance"] for x in pts], mk, label=f"q={b['q']} {name}")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        _label(ax, f"||bias|| vs M, P={p:g} (o GARL, x PAFT, line: leading term)", "M")
-        _label(ax2, f"tr Cov of the estimate vs M, P={p:g}", "M", legend_size=6)
-    _save_fig(fig, out / "bias.png")
-    _save_fig(fig2, out / "variance.png")
+        _label(ax, f"P = {p:g}", "M", "||bias||")
+        _label(ax2, f"P = {p:g}", "M", "tr Cov of the estimate", legend_size=6)
+    fig.suptitle("||bias|| vs M (o GARL plug-in, x PAFT, line: leading term)")
+    fig2.suptitle("variance of the estimate vs M")
+    for f in (fig, fig2):
+        f.tight_layout()
+    return fig, fig2
 
 
 SECTION_RENDER = {

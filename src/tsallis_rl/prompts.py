@@ -1,0 +1,73 @@
+"""The prompt formatter: examples -> the exact prompt text / token ids a model is trained on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tsallis_rl.config import ConfigError, TrainConfig
+from tsallis_rl.rollout import Rollout
+from tsallis_rl.tasks.base import (
+    THINK_CLOSE,
+    Example,
+    Task,
+    default_answer_prefix,
+    format_for_model,
+)
+
+
+@dataclass
+class PromptFormatter:
+    """Turns examples into the exact text and token ids the model sees (prompt, gold answer, markers).
+
+    One source of truth for prompts: the trainer, `tsallis-rl data show` and the length check
+    before training all render through it.
+    """
+
+    tokenizer: Any
+    task: Task
+    regime: str
+    chat: bool
+    answer_prefix: str
+
+    @classmethod
+    def build(cls, tokenizer: Any, task: Task, cfg: TrainConfig) -> PromptFormatter:
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+        chat = {"auto": has_template, "on": True, "off": False}[cfg.chat_template]
+        if chat and not has_template:
+            raise ConfigError("chat_template = 'on' but the tokenizer has no chat template")
+        auto = cfg.answer_prefix == "auto"
+        prefix = default_answer_prefix(chat=chat) if auto else cfg.answer_prefix
+        return cls(tokenizer, task, cfg.regime, chat, prefix)
+
+    def ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def prompt_text(self, ex: Example) -> str:
+        return format_for_model(
+            self.task.build_prompt(ex, self.regime), self.tokenizer, chat=self.chat
+        )
+
+    def prompt(self, ex: Example) -> list[int]:
+        text = self.prompt_text(ex)
+        return list(self.tokenizer(text, add_special_tokens=not self.chat)["input_ids"])
+
+    def gold(self, ex: Example) -> list[int]:
+        """The teacher-forced answer: prefix + y* + end token."""
+        return self.ids(self.answer_prefix + self.task.target(ex)) + [self.tokenizer.eos_token_id]
+
+    @property
+    def think_close(self) -> list[int]:
+        return self.ids(THINK_CLOSE)
+
+    @property
+    def eos_ids(self) -> list[int]:
+        return [self.tokenizer.eos_token_id]
+
+    @property
+    def pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return self.tokenizer.eos_token_id if pad is None else pad
+
+    def decode(self, r: Rollout) -> str:
+        return self.tokenizer.decode(r.rationale + r.forced + r.answer, skip_special_tokens=True)
