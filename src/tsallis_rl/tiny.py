@@ -85,3 +85,43 @@ def save_tiny_model(path: str | Path, alphabet: str = DEFAULT_ALPHABET, **model_
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Named tiny models (`--model tiny:random`): built locally on first use, then cached
+
+TINY_MODELS: dict[str, dict] = {
+    # any printable-ASCII text (benchmark prompts run to ~13k characters, hence the positions)
+    "tiny:random": dict(hidden_size=32, num_layers=2, num_heads=2, max_positions=16384, seed=0),
+}
+
+
+def is_tiny_model(name: str | None) -> bool:
+    """True for a `tiny:NAME` model spec (a local random model, no download)."""
+    return bool(name) and str(name).startswith("tiny:")
+
+
+def ensure_tiny_model(name: str, cache_dir: str | Path | None = None) -> Path:
+    """The saved HF folder of the named tiny model, built (atomically) on first use."""
+    import string
+    import tempfile
+
+    if name not in TINY_MODELS:
+        raise ValueError(f"unknown tiny model {name!r}; known: {', '.join(sorted(TINY_MODELS))}")
+    if cache_dir is None:
+        from tsallis_rl.basemodel import default_cache_dir
+
+        cache_dir = default_cache_dir()
+    dest = Path(cache_dir) / name.replace(":", "-")
+    if (dest / "config.json").exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".tmp-", dir=dest.parent))
+    save_tiny_model(tmp, string.printable, **TINY_MODELS[name])
+    try:
+        tmp.rename(dest)
+    except OSError:  # another process built it first: theirs is as good as ours
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
