@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+from pathlib import Path
+
 import pytest
+import yaml
 
 from tsallis_rl.cli import main
-from tsallis_rl.config import TrainConfig
+from tsallis_rl.config import ConfigError, TrainConfig
 from tsallis_rl.recipes import RecipeError, list_recipes, load_recipe
 
 PAPER = {  # METHOD.md section 5
@@ -84,3 +89,60 @@ def test_tiny_random_model_is_built_once_and_tokenizes_any_printable_text(tmp_pa
     assert model.config.max_position_embeddings >= 14000
     with pytest.raises(ValueError, match="tiny:random"):
         ensure_tiny_model("tiny:huge", cache_dir=tmp_path)
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SMOKE_DATA = {
+    "finqa": SHARED / "finqa",
+    "hotpotqa": SHARED / "hotpotqa",
+    "musique": SHARED / "musique" / "dev_200_with_paragraphs.jsonl",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", sorted(SMOKE_DATA))
+def test_smoke_recipe_trains_two_steps_and_evaluates_on_the_shipped_data(task, tmp_path):
+    data = SMOKE_DATA[task]
+    if not data.exists():
+        pytest.skip(f"no shared data at {data}")
+    out = tmp_path / "run"
+    argv = ["train", "--recipe", f"{task}-smoke", "--data", str(data), "--out", str(out)]
+    assert main([*argv, "--progress", "false"]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (saved["recipe"], saved["task"], saved["model"]) == (
+        f"{task}-smoke",
+        task,
+        "tiny:random",
+    )
+    rows = json.loads((out / "summary.json").read_text())
+    assert {r["method"] for r in rows} >= {"garl_q0.75", "grpo"}
+    for r in rows:
+        assert {"test_p@1", "test_p@2", "test_m@2"} <= set(r)
+    for tag in ("garl_q0.75", "grpo"):
+        final = json.loads((out / tag / "final.json").read_text())
+        assert final["steps"] == 2 and (out / tag / "test_records.jsonl").exists()
+
+
+def test_recipe_values_are_overridden_by_flags_and_yaml(tmp_path):
+    from tsallis_rl.config import add_arguments, from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    cfg = from_args(parser.parse_args(["--recipe", "finqa-cold", "--lr", "3e-6", "--data", "x"]))
+    assert (cfg.recipe, cfg.model, cfg.num_rollouts, cfg.lr) == (
+        "finqa-cold",
+        "Qwen/Qwen3-0.6B",
+        32,
+        3e-6,
+    )
+    assert cfg.estimators.startswith("grpo,garl:0")
+    one = from_args(
+        parser.parse_args(["--recipe", "finqa-cold", "--estimator", "garl", "--q", "1"])
+    )
+    assert one.runs() == [("garl", 1.0)]
+    yml = tmp_path / "c.yaml"
+    yml.write_text("recipe: hotpotqa-warm\nestimator: paft\nq: 0.25\nthinking_budget: 100\n")
+    cfg = from_args(parser.parse_args(["--config", str(yml)]))
+    assert (cfg.task, cfg.thinking_budget, cfg.runs()) == ("hotpotqa", 100, [("paft", 0.25)])
+    with pytest.raises(ConfigError, match="recipe.*finqa-cold"):
+        from_args(parser.parse_args(["--recipe", "finqa-hot"]))

@@ -42,9 +42,13 @@ class TrainConfig:
     """Options of one training run (and, with `estimators`, of a suite of runs that share them)."""
 
     # what to train
+    recipe: str | None = _opt(
+        None,
+        "start from a packaged recipe (`tsallis-rl recipes` lists them); any other option given overrides its value",
+    )
     model: str | None = _opt(
         None,
-        "HF model name or local path; default: the project's pretrained chain-sum base model (built and cached on first use)",
+        "HF model name or local path, or tiny:random (a local random model for smoke tests); default: the project's pretrained chain-sum base model (built and cached on first use)",
     )
     task: str = _opt(
         "chainsum",
@@ -279,7 +283,12 @@ class TrainConfig:
                 bad("device", f"this machine has {torch.cuda.device_count()} CUDA device(s)")
             if self.device == "mps" and not torch.backends.mps.is_available():
                 bad("device", "MPS is not available here (use --device cpu or auto)")
-        if self.model is not None:
+        if self.model is not None and self.model.startswith("tiny:"):
+            from tsallis_rl.tiny import TINY_MODELS
+
+            if self.model not in TINY_MODELS:
+                bad("model", f"unknown tiny model; known: {', '.join(sorted(TINY_MODELS))}")
+        elif self.model is not None:
             if not self.model.strip():
                 bad("model", "is empty")
             if looks_like_path(self.model) and not Path(self.model).expanduser().exists():
@@ -438,9 +447,19 @@ def from_args(args: argparse.Namespace) -> TrainConfig:
         for f in fields(TrainConfig)
         if getattr(args, f.name, None) is not None
     }
-    sources = {**{k: str(config) for k in from_yaml}, **{k: "flags" for k in flags}}
+    recipe_name = flags.get("recipe", from_yaml.get("recipe"))
+    from_recipe = _recipe_options(recipe_name) if recipe_name else {}
+    if {"estimator", "estimators"} & set(from_yaml):  # the YAML's choice of runs wins
+        from_recipe = {k: v for k, v in from_recipe.items() if k not in ("estimator", "estimators")}
+    sources = {
+        **{k: f"recipe {recipe_name}" for k in from_recipe},
+        **{k: str(config) for k in from_yaml},
+        **{k: "flags" for k in flags},
+    }
+    own_yaml, from_yaml = from_yaml, {**from_recipe, **from_yaml}
     # A saved config.yaml lists every field; there, estimator/q at their defaults chose nothing.
-    chosen = {k for k, v in from_yaml.items() if v is not None and v != default_of(k)}
+    # (a recipe's values are defaults, not choices: `--estimator garl` may drop its PAFT K)
+    chosen = {k for k, v in own_yaml.items() if v is not None and v != default_of(k)}
     for given, where in ((chosen, str(config)), (set(flags), "flags")):
         if "estimators" in given and "estimator" in given:
             raise ConfigError(
@@ -466,6 +485,16 @@ def from_args(args: argparse.Namespace) -> TrainConfig:
         _refuse_unused_q(cfg, sources)
     _refuse_unused_options(cfg, given, sources)
     return cfg
+
+
+def _recipe_options(name: str) -> dict[str, Any]:
+    """The options of the packaged recipe `name` (ConfigError naming the known ones if unknown)."""
+    from tsallis_rl.recipes import RecipeError, load_recipe
+
+    try:
+        return dict(load_recipe(str(name)).options)
+    except RecipeError as exc:
+        raise ConfigError(f"recipe: {exc}") from None
 
 
 ESTIMATOR_OPTIONS = (

@@ -46,6 +46,13 @@ def locate_model(name: str) -> str:
     """
     from transformers import AutoConfig
 
+    from tsallis_rl.tiny import ensure_tiny_model, is_tiny_model
+
+    if is_tiny_model(name):  # built locally on first use (smoke recipes, tests): never the hub
+        try:
+            return str(ensure_tiny_model(name))
+        except ValueError as exc:
+            raise ConfigError(f"model: {exc}") from None
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
@@ -271,6 +278,8 @@ def check_model(cfg: TrainConfig, task: Task, splits: dict[str, list[Example]]) 
             return
         model_ref = str(cached)
     check_lengths(cfg, task, splits, model_ref)
+
+
 def run_suite(cfg: TrainConfig) -> list[dict[str, Any]]:
     """Train every (estimator, q) of cfg.runs() and write OUT/report.md, summary.json and plots.
 
