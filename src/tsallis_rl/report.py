@@ -329,7 +329,7 @@ def write_seed_plots(
                 steps, mean, label=tag, marker="o" if kind == "eval" else None, markersize=3
             )
             ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
-        _style_axes(ax, key, f"{title}: mean of {n} seeds, min-max shaded")
+        _style_axes(ax, key, f"{title}\nmean of {n} seeds, min-max shaded")
         path = out / fname
         tmp = out / (fname + ".tmp.png")
         fig.savefig(tmp, dpi=110)
