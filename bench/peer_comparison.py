@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from tsallis_rl.config import TrainConfig, default_of
 from tsallis_rl.report import aggregate_seeds
 from tsallis_rl.rundir import read_jsonl, write_atomic
 
@@ -133,16 +134,30 @@ def tables(rows: list[dict[str, Any]], k: int) -> str:
     return "\n".join(lines)
 
 
+SUITE_FIELDS = {"estimators", "seeds", "seed", "steps", "out", "progress", "resume", "overwrite"}
+
+
+def changed_options(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The options of a saved config.yaml that differ from `tsallis-rl train`'s defaults (other
+    than what every comparison sets: the suite, its seeds, steps and where it runs)."""
+    fields = TrainConfig.__dataclass_fields__
+    return {
+        k: v for k, v in cfg.items() if k in fields and k not in SUITE_FIELDS and v != default_of(k)
+    }
+
+
 def block(rows: list[dict[str, Any]], cfg: dict[str, Any], wall: float | None) -> str:
     """The README block: what was run, where, and the measured tables."""
     seeds = sorted({r["seed"] for r in rows})
     machine = f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores"
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     total = "" if wall is None else f", {wall / 60:.0f} min in all"
+    changed = ", ".join(f"{k} {v}" for k, v in changed_options(cfg).items())
     return "\n".join([
         f"Measured by `python bench/peer_comparison.py` on {when} ({machine}{total}): "
         f"`tsallis-rl train` defaults ({cfg['task']}, {cfg['regime']} regime, {cfg['steps']} steps, "
-        f"M = {cfg['num_rollouts']}, lr {cfg['lr']:g}), seeds {', '.join(map(str, seeds))}. "
+        f"M = {cfg['num_rollouts']}, lr {cfg['lr']:g}{'; changed: ' + changed if changed else ''}), "
+        f"seeds {', '.join(map(str, seeds))}. "
         "Mean ± sd over seeds (sd with n - 1); \"escaped\" counts the seeds whose validation "
         "p@1 left 0 and \"first step\" averages over those seeds; the per-seed rows follow. "
         "Single-run numbers vary from machine to machine.",

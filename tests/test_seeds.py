@@ -215,3 +215,72 @@ def test_a_two_seed_suite_writes_per_seed_rows_and_their_mean_and_sd(tmp_path, t
     flags = ["train", "--model", str(tiny_model_dir), "--estimators", "grpo,garl:0.75"]
     flags += ["--seeds", "0,2", "--steps", "2", "--eval-every", "1", "--out", str(out), *SMALL]
     assert main([*flags, "--resume"]) == 2
+
+
+# ------------------------------------------------------------------------------------------------
+# bench/peer_comparison.py on a hand-made finished suite
+
+
+def _bench():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "peer_comparison.py"
+    spec = importlib.util.spec_from_file_location("peer_comparison", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _finished_suite(out: Path) -> None:
+    """OUT of a two-seed suite as `tsallis-rl train --seeds 0,1` leaves it (only what is read)."""
+    out.mkdir()
+    (out / "config.yaml").write_text(yaml.safe_dump({**TrainConfig().to_dict(), "eval_k": 2}))
+    rows = []
+    for method, p1 in (("grpo", (0.0, 0.0)), ("garl_q1", (0.4, 0.8))):
+        for seed in (0, 1):
+            run = out / method / f"seed-{seed}"
+            run.mkdir(parents=True)
+            evals = [(0, 0.0), (5, p1[seed] / 2), (10, p1[seed])]
+            (run / "metrics.jsonl").write_text(
+                "".join(
+                    json.dumps({"kind": "eval", "step": s, "p@1": v, "rationale_correct": 0.5})
+                    + "\n"
+                    for s, v in evals
+                )
+            )
+            rows.append({"method": method, "seed": seed, "run": f"{method}/seed-{seed}"})
+            rows[-1].update({"test_p@1": p1[seed], "test_p@2": p1[seed], "test_m@2": p1[seed]})
+            rows[-1].update({"best_step": 10, "wall_seconds": 60.0 + seed})
+    (out / "summary.json").write_text(json.dumps(aggregate_seeds(rows) + rows))
+
+
+def test_peer_table_reports_seed_means_escapes_and_writes_only_the_readme_block(tmp_path, capsys):
+    bench = _bench()
+    out = tmp_path / "suite"
+    _finished_suite(out)
+    rows, cfg = bench.run_rows(out)
+    assert [(r["method"], r["seed"], r["max_val_p@1"], r["first_step_p@1>0"]) for r in rows] == [
+        ("grpo", 0, 0.0, None),
+        ("grpo", 1, 0.0, None),
+        ("garl_q1", 0, 0.4, 5),
+        ("garl_q1", 1, 0.8, 5),
+    ]
+    text = bench.block(rows, cfg, None)
+    assert "| grpo | 2 | 0/2 | 0.000 ± 0.000 |" in text
+    assert f"| garl_q1 | 2 | 2/2 | 0.600 ± {statistics.stdev([0.4, 0.8]):.3f} |" in text
+    assert "| garl_q1 | 1 | 0.800 |" in text and "changed: eval_k 2" in text
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\nbefore\n{bench.START}\nold\n{bench.END}\nafter\n")
+    assert (
+        bench.main(["--table-only", "--out", str(out), "--write-readme", "--readme", str(readme)])
+        == 0
+    )
+    doc = readme.read_text()
+    assert doc.startswith("# x\nbefore\n") and doc.endswith(f"{bench.END}\nafter\n")
+    assert "\nold\n" not in doc and text in doc
+    readme.write_text("# no markers\n")
+    assert (
+        bench.main(["--table-only", "--out", str(out), "--write-readme", "--readme", str(readme)])
+        == 1
+    )
+    assert readme.read_text() == "# no markers\n" and "peer-table:start" in capsys.readouterr().err
