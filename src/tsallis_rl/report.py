@@ -88,7 +88,7 @@ def write_report(out: Path, cfg: TrainConfig, results: list[dict[str, Any]]) -> 
     lines = [
         "# tsallis-rl training report",
         "",
-        _setup_line(cfg, f"seed {cfg.seed}"),
+        _setup_line(cfg, f"seed {cfg.seed_list()[0]}"),
         "",
         f"| method | q | test p@1 | test p@{k} | test m@{k} | best step | initial log P̂ | wall s |",
         "|---|---|---|---|---|---|---|---|",
