@@ -275,29 +275,6 @@ def check_model(cfg: TrainConfig, task: Task, splits: dict[str, list[Example]]) 
     check_lengths(cfg, task, splits, model_ref)
 
 
-class Job(NamedTuple):
-    """One (estimator, q, seed) training of a suite: its config, method tag, seed and run name."""
-
-    cfg: TrainConfig
-    tag: str
-    seed: int
-    run: str  # its directory under OUT: <tag>, or <tag>/seed-<s> when the suite has several seeds
-
-
-def suite_jobs(cfg: TrainConfig) -> list[Job]:
-    """Every (method, seed) run of cfg, methods in cfg.runs() order, each over cfg.seed_list()."""
-    seeds = cfg.seed_list()
-    jobs = []
-    for name, q in cfg.runs():
-        spec = get_estimator_spec(name)
-        for seed in seeds:
-            run_cfg = cfg.for_run(name, q, seed)
-            tag = run_tag(name, run_cfg.q, spec.uses_q, run_cfg.q_schedule, run_cfg.q_end)
-            run = f"{tag}/seed-{seed}" if len(seeds) > 1 else tag
-            jobs.append(Job(run_cfg, tag, seed, run))
-    return jobs
-
-
 def run_suite(cfg: TrainConfig) -> list[dict[str, Any]]:
     """Train every (estimator, q) of cfg.runs(), once per seed of cfg.seed_list(), and write
     OUT/report.md, summary.json and plots. Returns one result per run (tag, seed, run, final.json).
@@ -379,6 +356,29 @@ def run_suite(cfg: TrainConfig) -> list[dict[str, Any]]:
 
     write_report(out, cfg, ordered)
     return ordered
+
+
+class Job(NamedTuple):
+    """One (estimator, q, seed) training of a suite: its config, method tag, seed and run name."""
+
+    cfg: TrainConfig
+    tag: str
+    seed: int
+    run: str  # its directory under OUT: <tag>, or <tag>/seed-<s> when the suite has several seeds
+
+
+def suite_jobs(cfg: TrainConfig) -> list[Job]:
+    """Every (method, seed) run of cfg, methods in cfg.runs() order, each over cfg.seed_list()."""
+    seeds = cfg.seed_list()
+    jobs = []
+    for name, q in cfg.runs():
+        spec = get_estimator_spec(name)
+        for seed in seeds:
+            run_cfg = cfg.for_run(name, q, seed)
+            tag = run_tag(name, run_cfg.q, spec.uses_q, run_cfg.q_schedule, run_cfg.q_end)
+            run = f"{tag}/seed-{seed}" if len(seeds) > 1 else tag
+            jobs.append(Job(run_cfg, tag, seed, run))
+    return jobs
 
 
 def _union(splits: Any) -> dict[str, list[Example]]:
