@@ -114,6 +114,10 @@ class TrainConfig:
     max_grad_norm: float = _opt(1.0, "gradient clipping norm (0 = off)")
     steps: int = _opt(300, "optimizer steps")
     seed: int = _opt(0, "random seed (data order, sampling, resampling)")
+    seeds: str | None = _opt(
+        None,
+        "comma list of seeds (a YAML list works too): every run of the suite repeats once per seed (splits, data order, sampling; same base model) in OUT/<tag>/seed-<s>/, and the report adds mean, sd and a 95-percent t-interval over seeds; replaces --seed (one seed = --seed)",
+    )
     # evaluation
     eval_every: int = _opt(
         25, "evaluate on the validation split every N steps (0 = only at the end)"
@@ -265,6 +269,13 @@ class TrainConfig:
             bad("answer_budget", "evaluation samples answers: needs >= 1")
         if self.resume and self.overwrite:
             bad("resume", "cannot be combined with overwrite")
+        if self.seeds is not None:
+            try:
+                self.seed_list()
+            except ConfigError as exc:
+                bad("seeds", str(exc))
+            if self.seed != default_of("seed"):
+                bad("seeds", f"and seed = {self.seed} both given: seeds lists every seed; keep one")
         return self
 
     def _validate_paths(self, bad: Any) -> None:
@@ -322,10 +333,30 @@ class TrainConfig:
             raise ConfigError("estimators: empty list")
         return out
 
-    def for_run(self, name: str, q: float | None) -> TrainConfig:
-        """This config specialised to one run of the suite."""
+    def seed_list(self) -> list[int]:
+        """The seeds every run repeats with: those of `seeds` (distinct, >= 0), else [seed]."""
+        if self.seeds is None:
+            return [self.seed]
+        items = [s.strip() for s in str(self.seeds).split(",") if s.strip()]
+        try:
+            seeds = [int(s) for s in items]
+        except ValueError:
+            raise ConfigError("expected a comma list of integers, e.g. 0,1,2") from None
+        if not seeds:
+            raise ConfigError("empty list")
+        if min(seeds) < 0 or len(set(seeds)) != len(seeds):
+            raise ConfigError("seeds must be distinct integers >= 0")
+        return seeds
+
+    def for_run(self, name: str, q: float | None, seed: int | None = None) -> TrainConfig:
+        """This config specialised to one run of the suite (and one of its seeds)."""
         return dataclasses.replace(
-            self, estimator=name, q=self.q if q is None else q, estimators=None
+            self,
+            estimator=name,
+            q=self.q if q is None else q,
+            estimators=None,
+            seed=self.seed if seed is None else seed,
+            seeds=None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -479,6 +510,7 @@ def from_args(args: argparse.Namespace) -> TrainConfig:
         sources["estimators"] = "default suite"
     cfg = TrainConfig(**values)
     _coerce_types(cfg, sources)
+    _one_seed_choice(cfg, chosen | set(flags), sources)
     cfg.validate("flags", sources)
     given = chosen | set(flags)
     if "q" in given:
@@ -550,6 +582,11 @@ def _coerce_types(cfg: TrainConfig, sources: dict[str, str]) -> None:
         where = sources.get(f.name, "config")
         if f.name == "estimators" and isinstance(v, list) and all(isinstance(x, str) for x in v):
             setattr(cfg, f.name, ",".join(v))  # YAML list form: [grpo, "garl:0.75"]
+        elif f.name == "seeds" and isinstance(v, (int, list)) and not isinstance(v, bool):
+            items = v if isinstance(v, list) else [v]  # YAML forms: [0, 1, 2] or a single 3
+            if not all(isinstance(x, int) and not isinstance(x, bool) for x in items):
+                raise ConfigError(f"{where}: seeds = {v!r}: expected a list of integers")
+            setattr(cfg, f.name, ",".join(str(x) for x in items))
         elif want is float and isinstance(v, int) and not isinstance(v, bool):
             setattr(cfg, f.name, float(v))
         elif not isinstance(v, want) or (want is int and isinstance(v, bool)):
@@ -572,3 +609,22 @@ def _refuse_unused_q(cfg: TrainConfig, sources: dict[str, str]) -> None:
             f"{sources['q']}: q = {cfg.q}: no run of estimators = {cfg.estimators!r} uses it "
             "(each names its own q or takes none); drop q or write NAME without :q"
         )
+
+
+def _one_seed_choice(cfg: TrainConfig, given: set[str], sources: dict[str, str]) -> None:
+    """seed and seeds both given is an error; seeds with one seed becomes that seed (same run)."""
+    if cfg.seeds is None:
+        return
+    if "seed" in given and "seeds" in given:
+        raise ConfigError(
+            f"{sources.get('seeds', 'flags')}: seed and seeds both given: seed names one seed, "
+            "seeds the list every run repeats with; keep one"
+        )
+    try:
+        seeds = cfg.seed_list()
+    except ConfigError as exc:
+        raise ConfigError(
+            f"{sources.get('seeds', 'flags')}: seeds = {cfg.seeds!r}: {exc}"
+        ) from None
+    if len(seeds) == 1:
+        cfg.seed, cfg.seeds = seeds[0], None

@@ -2,8 +2,10 @@
 
 `tsallis-rl train` with no arguments runs the embedded default: the cold-start chain-sum experiment
 (GRPO, GARL q = 0 / 0.75 / 1, PAFT q = 0.75 from the project's own base model; the suite is the
-default of `estimators`, chosen in `config.from_args`). Any HF causal LM and task run the same way. Each run lives in OUT/<tag>/; OUT holds
-report.md, summary.json, metrics.jsonl (all runs, tagged), config.yaml and the plots.
+default of `estimators`, chosen in `config.from_args`). Any HF causal LM and task run the same
+way. Each run lives in OUT/<tag>/, or OUT/<tag>/seed-<s>/ when `seeds` lists several (every method
+once per seed); OUT holds report.md, summary.json, metrics.jsonl (all runs, tagged), config.yaml
+and the plots.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -281,16 +283,20 @@ def check_model(cfg: TrainConfig, task: Task, splits: dict[str, list[Example]]) 
 
 
 def run_suite(cfg: TrainConfig) -> list[dict[str, Any]]:
-    """Train every (estimator, q) of cfg.runs() and write OUT/report.md, summary.json and plots.
+    """Train every (estimator, q) of cfg.runs(), once per seed of cfg.seed_list(), and write
+    OUT/report.md, summary.json and plots. Returns one result per run (tag, seed, run, final.json).
 
     On CPU, up to cfg.workers runs train side by side in spawned processes (threads split between
     them); on GPU or under accelerate they run one after another in this process.
     """
     cfg.validate()
     task = get_task(cfg.task)
-    splits = make_splits(task, cfg)  # fail on bad data before anything is built
+    # fail on bad data before anything is built; every seed's splits (they differ by seed)
+    splits = {
+        s: make_splits(task, dataclasses.replace(cfg, seed=s, seeds=None)) for s in cfg.seed_list()
+    }
     check_out(cfg)  # --out usable as asked (and a --resume's config unchanged); writes nothing
-    check_model(cfg, task, splits)  # and on a model that cannot load or cannot fit the prompts
+    check_model(cfg, task, _union(splits.values()))  # a model that cannot load or fit the prompts
     accelerator = _maybe_accelerator(cfg)
     is_main = accelerator is None or accelerator.is_main_process
     out = Path(cfg.out)
@@ -309,53 +315,86 @@ def run_suite(cfg: TrainConfig) -> list[dict[str, Any]]:
         out = prepare_out(cfg)
     if accelerator is not None:
         accelerator.wait_for_everyone()
-    jobs = []
-    for name, q in cfg.runs():
-        spec = get_estimator_spec(name)
-        run_cfg = cfg.for_run(name, q)
-        tag = run_tag(name, run_cfg.q, spec.uses_q, run_cfg.q_schedule, run_cfg.q_end)
-        jobs.append((run_cfg, tag))
+    jobs = suite_jobs(cfg)
     results: dict[str, dict[str, Any]] = {}
     pending = []
-    for run_cfg, tag in jobs:
-        done = out / tag / "final.json"
+    for job in jobs:
+        done = out / job.run / "final.json"
         finished = json.loads(done.read_text()) if cfg.resume and done.exists() else None
         # a finished run is kept; a larger --steps extends it from its last checkpoint
-        if finished and finished.get("steps", 0) >= run_cfg.steps:
-            results[tag] = {"tag": tag, **finished}
+        if finished and finished.get("steps", 0) >= job.cfg.steps:
+            results[job.run] = finished
         else:
-            pending.append((run_cfg, tag))
+            pending.append(job)
     workers = min(cfg.workers, len(pending)) if device.type == "cpu" and accelerator is None else 1
     if workers > 1:
         threads = max(1, cfg.threads // workers)
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
             futures = {  # workers stay silent; this process draws one combined bar
-                tag: pool.submit(
+                job.run: pool.submit(
                     train_run,
-                    {**run_cfg.to_dict(), "progress": False},
+                    {**job.cfg.to_dict(), "progress": False},
                     model_path,
-                    str(out / tag),
+                    str(out / job.run),
                     threads,
                 )
-                for run_cfg, tag in pending
+                for job in pending
             }
-            _combined_progress(out, {t: c.steps for c, t in pending}, futures, cfg.progress)
-            for tag, fut in futures.items():
-                results[tag] = {"tag": tag, **fut.result()}
+            _combined_progress(out, {j.run: j.cfg.steps for j in pending}, futures, cfg.progress)
+            for run, fut in futures.items():
+                results[run] = fut.result()
     else:
-        for run_cfg, tag in pending:
-            res = train_run(
-                run_cfg.to_dict(), model_path, str(out / tag), cfg.threads, 0, accelerator
+        for job in pending:
+            results[job.run] = train_run(
+                job.cfg.to_dict(), model_path, str(out / job.run), cfg.threads, 0, accelerator
             )
-            results[tag] = {"tag": tag, **res}
     if not is_main:
         return []  # rank > 0 under accelerate: the main process reports
-    ordered = [results[tag] for _, tag in jobs]
+    ordered = [
+        {
+            "tag": j.tag,
+            **({"seed": j.seed, "run": j.run} if j.run != j.tag else {}),
+            **results[j.run],
+        }
+        for j in jobs
+    ]
     from tsallis_rl.report import write_report
 
     write_report(out, cfg, ordered)
     return ordered
+
+
+class Job(NamedTuple):
+    """One (estimator, q, seed) training of a suite: its config, method tag, seed and run name."""
+
+    cfg: TrainConfig
+    tag: str
+    seed: int
+    run: str  # its directory under OUT: <tag>, or <tag>/seed-<s> when the suite has several seeds
+
+
+def suite_jobs(cfg: TrainConfig) -> list[Job]:
+    """Every (method, seed) run of cfg, methods in cfg.runs() order, each over cfg.seed_list()."""
+    seeds = cfg.seed_list()
+    jobs = []
+    for name, q in cfg.runs():
+        spec = get_estimator_spec(name)
+        for seed in seeds:
+            run_cfg = cfg.for_run(name, q, seed)
+            tag = run_tag(name, run_cfg.q, spec.uses_q, run_cfg.q_schedule, run_cfg.q_end)
+            run = f"{tag}/seed-{seed}" if len(seeds) > 1 else tag
+            jobs.append(Job(run_cfg, tag, seed, run))
+    return jobs
+
+
+def _union(splits: Any) -> dict[str, list[Example]]:
+    """The examples of several {split: examples} dicts merged split by split (for length checks)."""
+    merged: dict[str, list[Example]] = {}
+    for one in splits:
+        for name, examples in one.items():
+            merged.setdefault(name, []).extend(examples)
+    return merged
 
 
 def _combined_progress(
@@ -446,6 +485,7 @@ def combined_metrics(out: Path, results: list[dict[str, Any]]) -> list[dict[str,
     """Every run's metrics.jsonl records, tagged with their run."""
     rows = []
     for res in results:
-        for rec in read_jsonl(out / res["tag"] / "metrics.jsonl"):
-            rows.append({"method": res["tag"], **rec})
+        seed = {"seed": res["seed"]} if "run" in res else {}
+        for rec in read_jsonl(out / res.get("run", res["tag"]) / "metrics.jsonl"):
+            rows.append({"method": res["tag"], **seed, **rec})
     return rows

@@ -1,11 +1,18 @@
-"""Report of a suite: summary.json, report.md (the table and what each method did), PNG plots."""
+"""Report of a suite: summary.json, report.md (the table and what each method did), PNG plots.
+
+With several seeds (`--seeds`), summary.json lists one aggregate row per method first (the same
+fields as a single-seed row, holding the mean over seeds, plus `<field>_sd`, `<field>_ci95`,
+`seeds`, `n_seeds` and `seed: null`), then one row per (method, seed) with its `seed` and `run`;
+report.md gives both tables and the plots show the seed mean per method with the min-max shaded.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tsallis_rl.config import TrainConfig
 from tsallis_rl.rundir import json_safe, read_jsonl, write_atomic
@@ -64,7 +71,13 @@ def describe_run(tag: str, records: list[dict[str, Any]], k: int) -> str:
 
 
 def write_report(out: Path, cfg: TrainConfig, results: list[dict[str, Any]]) -> None:
-    """summary.json, metrics.jsonl (all runs), report.md and plots in `out`."""
+    """summary.json, metrics.jsonl (all runs), report.md and plots in `out`.
+
+    Results that carry a `run` (a suite over several seeds) get the per-seed and aggregate report.
+    """
+    if any("run" in res for res in results):
+        write_seed_report(out, cfg, results)
+        return
     k = cfg.eval_k
     rows = summary_rows(results, k)
     write_atomic(out / "summary.json", json.dumps(json_safe(rows), indent=2))
@@ -75,10 +88,7 @@ def write_report(out: Path, cfg: TrainConfig, results: list[dict[str, Any]]) -> 
     lines = [
         "# tsallis-rl training report",
         "",
-        f"Task `{cfg.task}` ({cfg.regime} regime), model `{cfg.model or 'chain-sum base (built here)'}`; "
-        f"M = {cfg.num_rollouts} rollouts per prompt, B = {cfg.batch_size} prompts per step, {cfg.steps} steps, "
-        f"lr {cfg.lr:g} ({cfg.optimizer}), thinking budget {cfg.thinking_budget}, seed {cfg.seed}. "
-        f"Checkpoint per method = best validation m@{k}; test on {cfg.test_size or 'all'} held-out examples, {k} samples each.",
+        _setup_line(cfg, f"seed {cfg.seed_list()[0]}"),
         "",
         f"| method | q | test p@1 | test p@{k} | test m@{k} | best step | initial log P̂ | wall s |",
         "|---|---|---|---|---|---|---|---|",
@@ -92,6 +102,245 @@ def write_report(out: Path, cfg: TrainConfig, results: list[dict[str, Any]]) -> 
     lines += [describe_run(tag, recs, k) for tag, recs in per_run.items()]
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     write_atomic(out / "report.md", "\n".join(lines) + "\n")
+
+
+def _setup_line(cfg: TrainConfig, seeds: str) -> str:
+    k = cfg.eval_k
+    return (
+        f"Task `{cfg.task}` ({cfg.regime} regime), model `{cfg.model or 'chain-sum base (built here)'}`; "
+        f"M = {cfg.num_rollouts} rollouts per prompt, B = {cfg.batch_size} prompts per step, {cfg.steps} steps, "
+        f"lr {cfg.lr:g} ({cfg.optimizer}), thinking budget {cfg.thinking_budget}, {seeds}. "
+        f"Checkpoint per method = best validation m@{k}; test on {cfg.test_size or 'all'} held-out examples, {k} samples each."
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# several seeds
+
+
+class Spread(NamedTuple):
+    """Mean, sample sd (n - 1) and two-sided t-interval of a metric over n seeds (None: undefined)."""
+
+    n: int
+    mean: float | None
+    sd: float | None
+    lo: float | None
+    hi: float | None
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The p-quantile of Student's t with df degrees of freedom (scipy)."""
+    from scipy.stats import t
+
+    return float(t.ppf(p, df))
+
+
+def spread(values: Sequence[float | None], level: float = 0.95) -> Spread:
+    """Spread of the finite values (None / NaN dropped): mean, sd with n - 1, and the t-interval
+    mean ± t_{(1+level)/2, n-1} · sd / √n. One value: its mean, no sd or interval; none: all None."""
+    xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    n = len(xs)
+    if n == 0:
+        return Spread(0, None, None, None, None)
+    mean = math.fsum(xs) / n
+    if n == 1:
+        return Spread(1, mean, None, None, None)
+    sd = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1))
+    half = t_quantile((1 + level) / 2, n - 1) * sd / math.sqrt(n)
+    return Spread(n, mean, sd, mean - half, mean + half)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def aggregate_seeds(
+    rows: list[dict[str, Any]], keys: Sequence[str] | None = None, level: float = 0.95
+) -> list[dict[str, Any]]:
+    """One row per method (first-appearance order) from per-seed rows (each with method, seed, q).
+
+    Each key (default: every numeric field but seed and q) becomes its mean over the seeds, with
+    `<key>_sd` (n - 1) and `<key>_ci95` ([lo, hi], the t-interval; None below two values); the row
+    also holds q, `seeds` (in row order), `n_seeds` and `seed: None`.
+    """
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row["method"], []).append(row)
+    if keys is None:
+        skip = {"seed", "q"}
+        keys = list(
+            dict.fromkeys(k for r in rows for k, v in r.items() if k not in skip and _is_number(v))
+        )
+    tag = f"_ci{round(level * 100)}"
+    out = []
+    for method, group in groups.items():
+        agg: dict[str, Any] = {"method": method, "q": group[0].get("q"), "seed": None}
+        for key in keys:
+            s = spread([r.get(key) for r in group], level)
+            agg[key] = s.mean
+            agg[f"{key}_sd"] = s.sd
+            agg[key + tag] = None if s.lo is None else [s.lo, s.hi]
+        agg["seeds"] = [r["seed"] for r in group]
+        agg["n_seeds"] = len(group)
+        out.append(agg)
+    return out
+
+
+def seed_rows(
+    results: list[dict[str, Any]], per_run: dict[str, list[dict[str, Any]]], k: int
+) -> list[dict[str, Any]]:
+    """One row per (method, seed): the single-seed fields plus seed, run and the last validation
+    rationale correctness (None when the task does not log it)."""
+    rows = []
+    for res, row in zip(results, summary_rows(results, k)):
+        evals = [r for r in per_run[res["run"]] if r.get("kind") == "eval"]
+        final_rc = evals[-1].get("rationale_correct") if evals else None
+        rows.append(
+            {**row, "seed": res["seed"], "run": res["run"], "final_rationale_correct": final_rc}
+        )
+    return rows
+
+
+def _pm(row: dict[str, Any], key: str, spec: str = ".3f") -> str:
+    """`mean ± sd [lo, hi]` of an aggregate row's key ("-" parts when undefined)."""
+    text = _fmt(row.get(key), spec)
+    if row.get(f"{key}_sd") is not None:
+        text += f" ± {_fmt(row[f'{key}_sd'], spec)}"
+    if row.get(f"{key}_ci95") is not None:
+        lo, hi = row[f"{key}_ci95"]
+        text += f" [{_fmt(lo, spec)}, {_fmt(hi, spec)}]"
+    return text
+
+
+def write_seed_report(out: Path, cfg: TrainConfig, results: list[dict[str, Any]]) -> None:
+    """The report of a suite over several seeds: aggregate + per-seed rows, seed-mean plots."""
+    k = cfg.eval_k
+    per_run = {res["run"]: read_jsonl(out / res["run"] / "metrics.jsonl") for res in results}
+    rows = seed_rows(results, per_run, k)
+    keys = ["test_p@1", f"test_p@{k}", f"test_m@{k}", "best_step", "wall_seconds"]
+    keys += ["initial_log_p", "final_rationale_correct"]
+    aggregate = aggregate_seeds(rows, keys)
+    write_atomic(out / "summary.json", json.dumps(json_safe(aggregate + rows), indent=2))
+    merged = [
+        {"method": res["tag"], "seed": res["seed"], "run": res["run"], **rec}
+        for res in results
+        for rec in per_run[res["run"]]
+    ]
+    write_atomic(out / "metrics.jsonl", "".join(json.dumps(json_safe(r)) + "\n" for r in merged))
+    by_method: dict[str, list[list[dict[str, Any]]]] = {}
+    for res in results:
+        by_method.setdefault(res["tag"], []).append(per_run[res["run"]])
+    plots = write_seed_plots(out, by_method, k)
+    seeds = ", ".join(str(s) for s in cfg.seed_list())
+    has_rc = any(r["final_rationale_correct"] is not None for r in rows)
+    rc_head, rc_sep = (" final rationale correct |", "---|") if has_rc else ("", "")
+    lines = [
+        "# tsallis-rl training report",
+        "",
+        _setup_line(
+            cfg,
+            f"seeds {seeds} (every method once per seed: splits, data order and "
+            "sampling change with the seed, the base model does not)",
+        ),
+        "",
+        f"## Over {len(cfg.seed_list())} seeds: mean ± sd [95% interval]",
+        "",
+        "sd is the sample standard deviation (n - 1); the interval is Student's t interval "
+        "mean ± t(0.975, n - 1) · sd / √n over the seeds.",
+        "",
+        f"| method | q | seeds | test p@1 | test p@{k} | test m@{k} | best step |{rc_head} wall s |",
+        f"|---|---|---|---|---|---|---|{rc_sep}---|",
+    ]
+    for r in aggregate:
+        rc = f" {_pm(r, 'final_rationale_correct', '.2f')} |" if has_rc else ""
+        lines.append(
+            f"| {r['method']} | {_fmt(r['q'], 'g')} | {r['n_seeds']} | {_pm(r, 'test_p@1')} | "
+            f"{_pm(r, f'test_p@{k}')} | {_pm(r, f'test_m@{k}')} | {_pm(r, 'best_step', '.1f')} |{rc} "
+            f"{_pm(r, 'wall_seconds', '.0f')} |"
+        )
+    lines += [
+        "",
+        "## Per seed",
+        "",
+        f"| method | seed | test p@1 | test p@{k} | test m@{k} | best step | initial log P̂ |{rc_head} wall s |",
+        f"|---|---|---|---|---|---|---|{rc_sep}---|",
+    ]
+    for r in rows:
+        rc = f" {_fmt(r['final_rationale_correct'], '.2f')} |" if has_rc else ""
+        lines.append(
+            f"| {r['method']} | {r['seed']} | {_fmt(r['test_p@1'])} | {_fmt(r[f'test_p@{k}'])} | "
+            f"{_fmt(r[f'test_m@{k}'])} | {_fmt(r['best_step'])} | {_fmt(r['initial_log_p'], '.1f')} |{rc} "
+            f"{_fmt(r['wall_seconds'], '.0f')} |"
+        )
+    lines += ["", "## What each run did", ""]
+    lines += [describe_run(run, recs, k) for run, recs in per_run.items()]
+    lines += ["", "## Plots (mean over seeds, min-max shaded)", ""]
+    lines += [f"![{p.stem}]({p.name})" for p in plots]
+    write_atomic(out / "report.md", "\n".join(lines) + "\n")
+
+
+def seed_curve(
+    runs: list[list[dict[str, Any]]], kind: str, key: str
+) -> list[tuple[int, float, float, float]]:
+    """(step, mean, min, max) over seeds of one metric, at the steps every seed logged it."""
+    by_step: list[dict[int, float]] = [
+        {r["step"]: float(r[key]) for r in recs if r.get("kind") == kind and r.get(key) is not None}
+        for recs in runs
+    ]
+    steps = sorted(set.intersection(*(set(d) for d in by_step))) if by_step else []
+    curve = []
+    for step in steps:
+        xs = [d[step] for d in by_step]
+        curve.append((step, math.fsum(xs) / len(xs), min(xs), max(xs)))
+    return curve
+
+
+def write_seed_plots(
+    out: Path, by_method: dict[str, list[list[dict[str, Any]]]], k: int
+) -> list[Path]:
+    """Validation p@1, m@k, log P̂ and max advantage per step: a line per method (seed mean),
+    the range over seeds shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    specs = [
+        ("val_p_at_1.png", "eval", "p@1", "validation p@1"),
+        ("val_m_at_k.png", "eval", f"m@{k}", f"validation m@{k}"),
+        (
+            "val_log_p.png",
+            "eval",
+            "log_p_hat",
+            "validation mean log P̂ (gold answer, teacher-forced)",
+        ),
+        ("max_advantage.png", "train", "max_adv", "max amplified advantage c/M^q per step"),
+    ]
+    n = max((len(runs) for runs in by_method.values()), default=0)
+    paths = []
+    for fname, kind, key, title in specs:
+        fig, ax = plt.subplots(figsize=(6.4, 4.0))
+        for tag, runs in by_method.items():
+            curve = seed_curve(runs, kind, key)
+            if not curve:
+                continue
+            steps, mean, lo, hi = zip(*curve)
+            (line,) = ax.plot(
+                steps, mean, label=tag, marker="o" if kind == "eval" else None, markersize=3
+            )
+            ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+        _style_axes(ax, key, f"{title}\nmean of {n} seeds, min-max shaded")
+        path = out / fname
+        tmp = out / (fname + ".tmp.png")
+        fig.savefig(tmp, dpi=110)
+        plt.close(fig)
+        tmp.replace(path)
+        paths.append(path)
+    return paths
+
+
+# --------------------------------------------------------------------------------------------------
+# plots
 
 
 def write_plots(out: Path, per_run: dict[str, list[dict[str, Any]]], k: int) -> list[Path]:
@@ -132,13 +381,19 @@ def plot_metric(per_run: dict[str, list[dict[str, Any]]], kind: str, key: str, t
         pts = [(r["step"], r[key]) for r in recs if r["kind"] == kind and r.get(key) is not None]
         if pts:
             ax.plot(*zip(*pts), label=tag, marker="o" if kind == "eval" else None, markersize=3)
+    _style_axes(ax, key, title)
+    return fig
+
+
+def _style_axes(ax: Any, key: str, title: str) -> None:
+    """Shared look: step axis, symlog for advantages, [0, 1] for rates, grid and legend."""
     ax.set_xlabel("step")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     if key == "max_adv":
         ax.set_yscale("symlog", linthresh=1e-4)
     if key.startswith(("p@", "m@")):
         ax.set_ylim(0.0, 1.0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    ax.figure.tight_layout()

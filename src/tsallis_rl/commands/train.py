@@ -43,6 +43,6 @@ def run(args: argparse.Namespace) -> int:
         test = res.get("test", {})
         k = cfg.eval_k
         print(
-            f"  {res['tag']:>14}: test p@1 {test.get('p@1', float('nan')):.3f}  p@{k} {test.get(f'p@{k}', float('nan')):.3f}  m@{k} {test.get(f'm@{k}', float('nan')):.3f}  (best step {res.get('best_step')})"
+            f"  {res.get('run', res['tag']):>14}: test p@1 {test.get('p@1', float('nan')):.3f}  p@{k} {test.get(f'p@{k}', float('nan')):.3f}  m@{k} {test.get(f'm@{k}', float('nan')):.3f}  (best step {res.get('best_step')})"
         )
     return 0
