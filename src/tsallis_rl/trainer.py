@@ -34,8 +34,8 @@ from torch import Tensor
 
 from tsallis_rl.config import ConfigError, TrainConfig
 from tsallis_rl.estimators import get_estimator_spec
-from tsallis_rl.metrics import score_samples
-from tsallis_rl.rollout import ANSWER, RATIONALE, Rollout, sample, score
+from tsallis_rl.evaluation import EvalResult, evaluate
+from tsallis_rl.rollout import ANSWER, RATIONALE, Rollout, SamplingSettings, sample, score
 from tsallis_rl.tasks.base import THINK_CLOSE, Example, Task, format_for_model
 
 # --------------------------------------------------------------------------------------------------
@@ -108,7 +108,7 @@ class Encoder:
         return self.tokenizer.eos_token_id if pad is None else pad
 
     def decode(self, r: Rollout) -> str:
-        return self.tokenizer.decode(r.rationale + r.forced + r.answer, skip_special_tokens=True)
+        return self.tokenizer.decode(r.completion, skip_special_tokens=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -268,12 +268,6 @@ class Loggers:
 # The trainer
 
 
-@dataclass
-class EvalResult:
-    summary: dict[str, float]
-    records: list[dict[str, Any]]
-
-
 class Trainer:
     """Trains one (estimator, q) run of `cfg` on `splits` of `task`, writing into `run_dir`."""
 
@@ -356,6 +350,17 @@ class Trainer:
         idx = [order[(offset + i) % len(train)] for i in range(B)]
         return [train[i] for i in idx]
 
+    def _sampling(self, *, answer_budget: int, temperature: float) -> SamplingSettings:
+        """The sampling settings of training (temperature) or evaluation (eval_temperature)."""
+        cfg = self.cfg
+        return SamplingSettings(
+            think_close=tuple(self.enc.think_close), eos_ids=tuple(self.enc.eos_ids),
+            pad_id=self.enc.pad_id, thinking_budget=cfg.thinking_budget,
+            answer_budget=answer_budget, answer_prefix=tuple(self.enc.ids(self.enc.answer_prefix)),
+            temperature=temperature, top_p=cfg.top_p, batch_size=cfg.gen_batch_size,
+            sampler=getattr(cfg, "sampler", "auto"),
+        )  # fmt: skip
+
     def _sample(
         self,
         prompts: list[list[int]],
@@ -365,17 +370,13 @@ class Trainer:
         gen: torch.Generator,
         model: torch.nn.Module | None = None,
     ) -> list[Rollout]:
+        """Rollouts of `prompts`, drawn from `gen`; each carries its temperature for scoring."""
         policy = self.policy if model is None else model
         was_training = policy.training
         policy.eval()
         try:
-            return sample(
-                policy, prompts, think_close=self.enc.think_close, eos_ids=self.enc.eos_ids,
-                pad_id=self.enc.pad_id, thinking_budget=self.cfg.thinking_budget,
-                answer_budget=answer_budget, answer_prefix=self.enc.ids(self.enc.answer_prefix),
-                temperature=temperature, top_p=self.cfg.top_p, generator=gen,
-                batch_size=self.cfg.gen_batch_size,
-            )  # fmt: skip
+            settings = self._sampling(answer_budget=answer_budget, temperature=temperature)
+            return sample(policy, prompts, settings, generator=gen)
         finally:
             policy.train(was_training)
 
@@ -455,64 +456,26 @@ class Trainer:
             loss.backward()
 
     # -- evaluation ---------------------------------------------------------------------------------
-    @torch.no_grad()
     def evaluate(
         self, split: str, *, step: int | None = None, model: torch.nn.Module | None = None
     ) -> EvalResult:
-        """p@1 / p@k / m@k on `split` with k = eval_k samples, plus mean log P-hat of the gold answer."""
-        cfg, k = self.cfg, self.cfg.eval_k
-        policy = self.policy if model is None else model
-        examples = self.splits[split]
-        gen = torch.Generator(device=self.device).manual_seed(
-            cfg.seed * 7919
-            + (self.step if step is None else step)
-            + (0 if split == "val" else 1_000_000)
-        )
-        prompts = [self._prompt(ex) for ex in examples for _ in range(k)]
-        rollouts = self._sample(
-            prompts,
-            answer_budget=cfg.answer_budget,
-            temperature=cfg.eval_temperature,
-            gen=gen,
-            model=policy,
-        )
-        completions = [self.enc.decode(r) for r in rollouts]
-        samples = [
-            [self.task.extract_answer(c) for c in completions[i * k : (i + 1) * k]]
-            for i in range(len(examples))
-        ]
-        match = getattr(self.task, "eval_match", "substring")
-        summary, records = score_samples(self.task, examples, samples, match=match)
-        # mean log P-hat: teacher-force the gold answer after each sampled rationale
-        forced = [
-            Rollout(
-                r.prompt,
-                r.rationale,
-                r.forced or self._close_if_open(r),
-                self._gold(examples[i // k]),
-            )
-            for i, r in enumerate(rollouts)
-        ]
-        was = policy.training
-        policy.eval()
-        logp, regions = score(policy, forced, pad_id=self.enc.pad_id, micro_batch=cfg.micro_batch)
-        policy.train(was)
-        ans = (logp * (regions == ANSWER)).sum(-1).double().view(len(examples), k)
-        log_p_hat = torch.logsumexp(ans, dim=1) - math.log(k)
-        summary["log_p_hat"] = log_p_hat.mean().item()
-        if hasattr(self.task, "rationale_correct"):
-            ok = [
-                self.task.rationale_correct(c, examples[i // k]) for i, c in enumerate(completions)
-            ]
-            summary["rationale_correct"] = sum(ok) / max(len(ok), 1)
-        for rec, lp in zip(records, log_p_hat.tolist()):
-            rec["log_p_hat"] = lp
-        return EvalResult(summary, records)
+        """p@1 / p@k / m@k on `split` with k = eval_k samples, plus mean log P-hat of the gold answer.
 
-    def _close_if_open(self, r: Rollout) -> list[int]:
-        """`</think>` if the rationale did not close itself (it was cut by the answer phase)."""
-        close = self.enc.think_close
-        return [] if r.rationale[-len(close) :] == close else list(close)
+        The training policy (model=None) is evaluated by every rank on its share of the examples
+        (call it on all ranks); an explicit `model` is evaluated whole by the calling process.
+        """
+        cfg = self.cfg
+        examples = self.splits[split]
+        seed = cfg.seed * 7919 + (self.step if step is None else step)
+        seed += 0 if split == "val" else 1_000_000
+        return evaluate(
+            self.policy if model is None else model, self.task, examples,
+            [self._prompt(ex) for ex in examples], [self._gold(ex) for ex in examples],
+            self.enc.decode,
+            self._sampling(answer_budget=cfg.answer_budget, temperature=cfg.eval_temperature),
+            k=cfg.eval_k, seed=seed, micro_batch=cfg.micro_batch,
+            accelerator=self.accelerator if model is None else None,
+        )  # fmt: skip
 
     # -- checkpoints --------------------------------------------------------------------------------
     def _rng_state(self) -> dict[str, Any]:
@@ -639,13 +602,18 @@ class Trainer:
         return self._finish(mkey)
 
     def _eval_and_log(self, mkey: str) -> None:
-        if not self.is_main:
-            return
+        """Every rank evaluates its share; rank 0 decides on a new best and tells the others."""
         res = self.evaluate("val")
         score_ = res.summary.get(mkey, 0.0)
-        if score_ > self.best["score"]:
+        better = [score_ > self.best["score"]]
+        if self.accelerator is not None and self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            better = broadcast_object_list(better, from_process=0)
+        if better[0]:
             self.best = {"step": self.step, "score": score_}
-            self.save_best()
+            if self.is_main:
+                self.save_best()
         if self.loggers:
             self.loggers.log({"kind": "eval", "split": "val", "step": self.step, **res.summary})
 
