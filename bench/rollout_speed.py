@@ -245,36 +245,36 @@ def main() -> None:
         mask[i, args.prompt_len - len(r) :] = 1
     ids, mask = ids.to(DEVICE), mask.to(DEVICE)
 
-    def hf_generate() -> None:
+    def hf_generate(budget: int) -> None:
         torch.manual_seed(0)
         with torch.no_grad():
             model.generate(
                 input_ids=ids, attention_mask=mask, do_sample=True, top_k=0, top_p=1.0,
-                temperature=1.0, max_new_tokens=args.budget + 1, min_new_tokens=args.budget + 1,
+                temperature=1.0, max_new_tokens=budget + 1, min_new_tokens=budget + 1,
                 eos_token_id=[], pad_token_id=0,
             )  # fmt: skip
 
     def run(sampler: str):
-        return lambda: sample(
-            model, rows, replace(s, sampler=sampler),
+        return lambda budget: sample(
+            model, rows, replace(s, sampler=sampler, thinking_budget=budget),
             generator=torch.Generator(device=DEVICE).manual_seed(0),
         )  # fmt: skip
 
-    def legacy() -> None:
+    def legacy(budget: int) -> None:
         legacy_sample(
-            model, rows, think_close=[never], eos_ids=[], pad_id=0, thinking_budget=args.budget,
+            model, rows, think_close=[never], eos_ids=[], pad_id=0, thinking_budget=budget,
             generator=torch.Generator(device=DEVICE).manual_seed(0), batch_size=len(rows),
         )  # fmt: skip
 
     fns = {"ours": run("auto"), "generate": run("generate"), "loop": run("loop"),
            "hf_generate": hf_generate, "legacy": legacy}  # fmt: skip
     names = [v for v in args.variants.split(",") if v]
-    for name in names:  # warm-up
-        fns[name]()
+    for name in names:  # warm-up (kernels, allocator) at a short budget
+        fns[name](min(args.budget, 8))
     times: dict[str, list[float]] = {n: [] for n in names}
     for _ in range(args.rounds):
         for name in names:
-            times[name].append(_timed(fns[name]))
+            times[name].append(_timed(lambda f=fns[name]: f(args.budget)))
     tokens = len(rows) * (args.budget + 1)  # budget rationale tokens + the forced close
     result: dict[str, Any] = {
         "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu",
