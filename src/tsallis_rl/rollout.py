@@ -269,14 +269,14 @@ class _EndsWith:
     """Stopping criterion: the row's new tokens end with a multi-token `suffix` (e.g. `</think>`)."""
 
     def __init__(self, suffix: Sequence[int], start: int) -> None:
-        self.suffix, self.start = list(suffix), start
+        self.suffix, self.start = torch.tensor(list(suffix), dtype=torch.long), start
 
     def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs) -> Tensor:
         n = len(self.suffix)
         if input_ids.shape[1] - self.start < n:
             return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        want = torch.tensor(self.suffix, device=input_ids.device)
-        return (input_ids[:, -n:] == want).all(-1)
+        self.suffix = self.suffix.to(input_ids.device)
+        return (input_ids[:, -n:] == self.suffix).all(-1)
 
 
 def _sample_loop(model, prompts, s: SamplingSettings, generator, group_seeds) -> list[Rollout]:
