@@ -136,6 +136,22 @@ def test_greedy_rollouts_equal_todays_sampler(sampler, tiny_model_dir):
     assert any(r.hit_budget for r in new)
 
 
+def test_loop_sampler_reproduces_todays_sampled_rollouts_for_a_seed(tiny_model_dir):
+    """Training's single stream: the loop draws exactly as before, so old seeds give old rollouts."""
+    model, tok = _load(tiny_model_dir)
+    close = tok("</think>", add_special_tokens=False)["input_ids"]
+    prompts = [tok(t)["input_ids"] for t in ("1 2 3<think>", "Q:9+8+7+6=?<think>")] * 3
+    kw = dict(think_close=close, pad_id=tok.pad_token_id, thinking_budget=6, answer_budget=2)
+    s = SamplingSettings(eos_ids=(), temperature=1.0, sampler="loop", **kw)
+    new = sample(model, prompts, s, generator=torch.Generator().manual_seed(4))
+    old = _legacy_sampler()(
+        model, prompts, eos_ids=[], generator=torch.Generator().manual_seed(4), **kw
+    )
+    assert [(r.rationale, r.forced, r.answer) for r in new] == [
+        (r.rationale, r.forced, r.answer) for r in old
+    ]
+
+
 def test_auto_sampler_is_the_per_device_default():
     assert resolve_sampler("auto", torch.device("cpu")) == "loop"
     assert resolve_sampler("auto", torch.device("cuda", 0)) == "generate"

@@ -319,10 +319,16 @@ def _sample_loop(model, prompts, s: SamplingSettings, generator, group_seeds) ->
 
 
 def _pick_by_phase(logits, s: SamplingSettings, streams, phase, queue) -> list[int]:
-    """Draws for the rows that sample this step, each from its phase's stream."""
+    """Draws for the rows that sample this step, each from its phase's stream.
+
+    One shared stream (training) draws for every row each step, as this sampler always has (so a
+    seed reproduces earlier runs); per-group streams draw only for the rows that sample.
+    """
     out = logits.argmax(-1)
     if s.temperature <= 0:
         return out.tolist()
+    if len(streams[0]) == 1 and streams[0] == streams[1]:
+        return _pick(logits, s.temperature, s.top_p, streams[0]).tolist()
     for ph, phase_streams in zip(("rationale", "answer"), streams):
         need = torch.tensor([p == ph and not q for p, q in zip(phase, queue)])
         if need.any():
