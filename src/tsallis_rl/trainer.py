@@ -358,7 +358,7 @@ class Trainer:
             pad_id=self.enc.pad_id, thinking_budget=cfg.thinking_budget,
             answer_budget=answer_budget, answer_prefix=tuple(self.enc.ids(self.enc.answer_prefix)),
             temperature=temperature, top_p=cfg.top_p, batch_size=cfg.gen_batch_size,
-            sampler=getattr(cfg, "sampler", "auto"),
+            sampler=cfg.sampler,
         )  # fmt: skip
 
     def _sample(
