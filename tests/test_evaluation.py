@@ -83,23 +83,21 @@ def test_top_p_below_one_is_refused_for_on_policy_estimators():
     TrainConfig(top_p=1.0).validate()
 
 
-def test_trainer_rollouts_carry_training_temperature_and_the_estimator_sees_tempered_logps(
-    tmp_path, tiny_model_dir
-):
-    """Issue 10: sampled at T = 0.5, the rationale log-probs given to the estimator are the tempered
-    distribution's; under GRPO the forced answer prefix gets no policy gradient."""
+def _spied_step(tmp_path, tiny_model_dir, estimator):
+    """One train_step at T = 0.5 with spies: (rollouts, a copy of the model before the step, the
+    positional inputs the estimator received)."""
+    import copy
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tsallis_rl.estimators import garl_loss
     from tsallis_rl.experiment import make_splits
-    from tsallis_rl.rollout import ANSWER_PREFIX
     from tsallis_rl.tasks import get_task
-    from tsallis_rl.trainer import Trainer, apply_gradient, estimator_inputs
+    from tsallis_rl.trainer import Trainer
 
     cfg = TrainConfig(
-        model=str(tiny_model_dir), batch_size=2, num_rollouts=2, thinking_budget=6,
-        answer_budget=3, answer_prefix="A", val_size=2, test_size=2, train_size=10,
-        temperature=0.5, progress=False, out=str(tmp_path), threads=1,
+        model=str(tiny_model_dir), estimator=estimator, batch_size=2, num_rollouts=2,
+        thinking_budget=6, answer_budget=3, answer_prefix="A", val_size=2, test_size=2,
+        train_size=10, temperature=0.5, progress=False, out=str(tmp_path), threads=1,
     ).validate()  # fmt: skip
     task = get_task("chainsum")
     tr = Trainer(
@@ -107,31 +105,47 @@ def test_trainer_rollouts_carry_training_temperature_and_the_estimator_sees_temp
         tokenizer=AutoTokenizer.from_pretrained(tiny_model_dir), task=task,
         splits=make_splits(task, cfg), run_dir=tmp_path, device=torch.device("cpu"),
     )  # fmt: skip
-    examples = tr.batch_examples(0)
-    prompts = [tr._prompt(ex) for ex in examples for _ in range(2)]
-    rolls = tr._sample(prompts, answer_budget=0, temperature=cfg.temperature, gen=tr.gen)
-    rolls = [r.with_answer(tr._gold(examples[i // 2])) for i, r in enumerate(rolls)]
-    seen = {}
+    before = copy.deepcopy(tr.model)
+    seen: dict = {}
+    sample_, call_ = tr._sample, tr._estimator_call
 
-    def call(rat, ans):
-        seen["rat"] = rat.detach()
-        return garl_loss(rat, ans, 0.75)
+    def spy_sample(*args, **kwargs):
+        seen["rollouts"] = sample_(*args, **kwargs)
+        return seen["rollouts"]
 
-    apply_gradient(tr.model, tr.spec, rolls, 2, 2, call, pad_id=tr.enc.pad_id, micro_batch=64)
+    def spy_call(q):
+        fn = call_(q)
+
+        def spy(*args, **kwargs):
+            seen["args"] = [a.detach() if torch.is_tensor(a) else a for a in args]
+            return fn(*args, **kwargs)
+
+        return spy
+
+    tr._sample, tr._estimator_call = spy_sample, spy_call
+    tr.train_step()
+    return seen["rollouts"], before, seen["args"]
+
+
+def test_estimator_sees_rationale_log_probs_of_the_tempered_sampling_distribution(
+    tmp_path, tiny_model_dir
+):
+    """Issue 10: a trainer sampling at T = 0.5 hands the estimator log softmax(logits / 0.5)."""
+    rolls, model, args = _spied_step(tmp_path, tiny_model_dir, "garl")
     want = []
     for r in rolls:
-        toks, _ = r.tokens_and_regions()
+        toks = r.prompt + r.rationale
         with torch.no_grad():
-            lp = torch.log_softmax(tr.model(input_ids=torch.tensor([toks])).logits[0] / 0.5, -1)
-        start = len(r.prompt)
-        want.append(sum(lp[j - 1, toks[j]] for j in range(start, start + len(r.rationale))))
-    assert torch.allclose(seen["rat"].flatten(), torch.stack(want), atol=1e-5)
-    # GRPO: the sampled answer's forced prefix is its own region and out of the token mask
-    grpo = tr._sample(prompts, answer_budget=3, temperature=0.5, gen=tr.gen)
-    from tsallis_rl.estimators import get_estimator_spec
-    from tsallis_rl.rollout import score
+            lp = torch.log_softmax(model(input_ids=torch.tensor([toks])).logits[0] / 0.5, -1)
+        want.append(sum(lp[j - 1, toks[j]] for j in range(len(r.prompt), len(toks))))
+    assert torch.allclose(args[0].flatten(), torch.stack(want), atol=1e-5)
 
-    logp, regions = score(tr.model, grpo, pad_id=tr.enc.pad_id)
-    assert (regions == ANSWER_PREFIX).sum() == len(grpo)  # one prefix token per rollout
-    _, mask, _ = estimator_inputs(get_estimator_spec("grpo"), logp, regions, None, 2, 2)
-    assert not mask.flatten()[(regions == ANSWER_PREFIX).flatten()].any()
+
+def test_forced_answer_prefix_gets_no_policy_gradient_under_grpo(tmp_path, tiny_model_dir):
+    rolls, _, args = _spied_step(tmp_path, tiny_model_dir, "grpo")
+    mask = args[1].reshape(len(rolls), -1)  # GRPO's token mask [B*M, T] over the completion
+    for r, m in zip(rolls, mask):
+        start = len(r.rationale) + len(r.forced)
+        assert r.answer_prefix and r.answer
+        assert m[: len(r.rationale)].all() and not m[len(r.rationale) : start + 1].any()
+        assert m[start + 1 : start + 1 + len(r.answer)].all()
