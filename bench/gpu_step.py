@@ -1,10 +1,12 @@
 """GPU figures for one GARL training step of a Qwen3-0.6B-shaped model (random weights, no download).
 
-One step = what `Trainer.train_step` does: sample M rationales per prompt with the KV-cache sampler up
-to the thinking budget (a random model never closes `</think>`, so every rollout spends the whole
-budget: the worst case), teacher-force a gold answer after each, score log-probs in micro-batches
-and apply the GARL gradient (`apply_gradient`), then an AdamW step. Prints time per phase, peak
-memory and tokens/s, and writes them as JSON.
+One step = what `Trainer.train_step` does: sample M rationales per prompt (`--sampler`, default the
+device's `auto` choice) up to the thinking budget (a random model never closes `</think>`, so every
+rollout spends the whole budget: the worst case), teacher-force a gold answer after each, score
+log-probs in micro-batches and apply the GARL gradient (`apply_gradient`), then an AdamW step.
+Prints the time split (sampling; scoring = one no-grad chunked scoring pass, timed by itself;
+backward = the rest of the gradient pass: forward with grad + backward + optimizer step), peak
+memory and tokens/s, and writes them as JSON. Sampler comparisons: bench/rollout_speed.py.
 
     python bench/gpu_step.py --budget 2048 --rollouts 32 --prompts 1 --micro-batch 4 --out gpu.json
 """
@@ -18,7 +20,7 @@ import time
 import torch
 
 from tsallis_rl.estimators import garl_loss, get_estimator_spec
-from tsallis_rl.rollout import sample
+from tsallis_rl.rollout import SamplingSettings, resolve_sampler, sample, score
 from tsallis_rl.trainer import apply_gradient
 
 QWEN3_06B = dict(
@@ -48,12 +50,19 @@ def one_step(
     ]
     _sync()
     t0 = time.perf_counter()
-    rolls = sample(model, [p for p in prompts for _ in range(M)], think_close=[THINK_CLOSE], eos_ids=[EOS],
-                   pad_id=EOS, thinking_budget=budget, temperature=1.0, generator=sample_gen,
-                   batch_size=args.gen_batch)  # fmt: skip
+    settings = SamplingSettings(
+        think_close=(THINK_CLOSE,), eos_ids=(EOS,), pad_id=EOS, thinking_budget=budget,
+        batch_size=args.gen_batch, sampler=args.sampler,
+    )  # fmt: skip
+    model.eval()
+    rolls = sample(model, [p for p in prompts for _ in range(M)], settings, generator=sample_gen)
     _sync()
     t1 = time.perf_counter()
     rolls = [r.with_answer(answers[i // M]) for i, r in enumerate(rolls)]
+    with torch.no_grad():
+        score(model, rolls, pad_id=EOS, micro_batch=args.micro_batch)
+    _sync()
+    t_score = time.perf_counter()
     opt.zero_grad(set_to_none=True)
     model.train()
     out = apply_gradient(model, get_estimator_spec("garl"), rolls, B, M, lambda r, a: garl_loss(r, a, 0.75),
@@ -67,48 +76,13 @@ def one_step(
         len(r.prompt) + len(r.rationale) + len(r.forced) + len(r.answer) for r in rolls
     )
     return {
-        "budget": budget, "sample_s": t1 - t0, "grad_s": t2 - t1, "step_s": t2 - t0,
+        "budget": budget, "sample_s": t1 - t0, "score_s": t_score - t1,
+        "backward_s": t2 - t_score, "step_s": t2 - t0 - (t_score - t1),
         "generated_tokens": gen_tokens, "trained_tokens": trained_tokens,
-        "gen_tokens_per_s": gen_tokens / (t1 - t0), "train_tokens_per_s": trained_tokens / (t2 - t1),
-        "step_tokens_per_s": (gen_tokens + trained_tokens) / (t2 - t0),
+        "gen_tokens_per_s": gen_tokens / (t1 - t0), "train_tokens_per_s": trained_tokens / (t2 - t_score),
+        "step_tokens_per_s": (gen_tokens + trained_tokens) / (t2 - t0 - (t_score - t1)),
         "mean_log_w_bar": out.stats["mean_log_w_bar"], "max_adv": out.stats["max_adv"],
     }  # fmt: skip
-
-
-def compare_generate(model, args, budget: int) -> dict[str, float]:
-    """Our KV-cache sampler vs HF `generate` on the same prompts and length, alternated, 2 rounds each."""
-    model.eval()
-    prompt = torch.randint(0, 150000, (args.prompt_len,)).tolist()
-    ids = torch.tensor([prompt] * args.rollouts, device=DEVICE)
-    times: dict[str, list[float]] = {"ours": [], "hf_generate": []}
-    for _ in range(2):
-        _sync()
-        t0 = time.perf_counter()
-        sample(
-            model,
-            [prompt] * args.rollouts,
-            think_close=[THINK_CLOSE],
-            eos_ids=[EOS],
-            pad_id=EOS,
-            thinking_budget=budget,
-        )
-        _sync()
-        t1 = time.perf_counter()
-        with torch.no_grad():
-            model.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                do_sample=True,
-                max_new_tokens=budget,
-                min_new_tokens=budget,
-                pad_token_id=EOS,
-            )
-        _sync()
-        t2 = time.perf_counter()
-        times["ours"].append(t1 - t0)
-        times["hf_generate"].append(t2 - t1)
-    ours, hf = min(times["ours"]), min(times["hf_generate"])
-    return {"budget": budget, "ours_s": ours, "hf_generate_s": hf, "ratio_ours_over_hf": ours / hf}
 
 
 def main() -> None:
@@ -123,13 +97,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--out", default=None)
-    ap.add_argument(
-        "--compare-generate",
-        type=int,
-        default=0,
-        metavar="BUDGET",
-        help="also time HF generate against our sampler at this budget",
-    )
+    ap.add_argument("--sampler", default="auto", choices=("auto", "generate", "loop"))
     ap.add_argument(
         "--tiny", action="store_true", help="a 2-layer model with a small vocab (CPU smoke test)"
     )
@@ -170,10 +138,9 @@ def main() -> None:
         "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "torch": torch.__version__,
         "params": n_params, "dtype": str(dtype), "M": args.rollouts, "B": args.prompts, "micro_batch": args.micro_batch,
         "gradient_checkpointing": args.gradient_checkpointing, "warmup": warm, "steps": rows,
+        "sampler": resolve_sampler(args.sampler, torch.device(DEVICE)),
         "peak_memory_gib": peak,
     }  # fmt: skip
-    if args.compare_generate:
-        result["sampler_vs_generate"] = compare_generate(model, args, args.compare_generate)
     print(json.dumps(result, indent=2))
     if args.out:
         with open(args.out, "w") as fh:

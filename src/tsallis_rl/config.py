@@ -104,6 +104,11 @@ class TrainConfig:
     )
     temperature: float = _opt(1.0, "sampling temperature of training rollouts")
     top_p: float = _opt(1.0, "nucleus sampling of training rollouts")
+    sampler: str = _opt(
+        "auto",
+        "rollout sampler: generate (transformers' generate), loop (hand-written KV-cache loop); auto = loop on CPU (faster there for small models, bench/rollout_speed.py), generate elsewhere",
+        ("auto", "generate", "loop"),
+    )
     # optimisation
     lr: float = _opt(1e-4, "learning rate")
     optimizer: str = _opt("adam", "optimizer", ("adam", "adamw", "sgd"))
@@ -234,6 +239,12 @@ class TrainConfig:
             bad("temperature", "training rollouts need temperature > 0")
         if not (0 < self.top_p <= 1):
             bad("top_p", "must lie in (0, 1]")
+        if self.top_p < 1:  # the estimators' log-probs must be those of the sampling distribution
+            bad(
+                "top_p",
+                "the estimators need on-policy log-probs of the sampled rationales, which nucleus "
+                "sampling truncates; use top_p = 1 (and --temperature to sharpen sampling)",
+            )
         if self.q_schedule != "constant" and self.q_end is None:
             bad("q_end", f"the {self.q_schedule} schedule needs q_end")
         if self.q_schedule == "constant" and self.q_end is not None:

@@ -201,12 +201,17 @@ def no_rationale_rows(
     *,
     pad_id: int,
     micro_batch: int,
+    temperature: float = 1.0,
 ) -> list[Tensor]:
     """Per-token log-probs of each gold answer after prompt + `</think>` (an empty rationale).
 
-    Returns one 1-D float tensor per example (on the CPU). Call it with the starting weights.
+    Scored at the sampling `temperature`, like the rollouts it is compared with. Returns one 1-D
+    float tensor per example (on the CPU). Call it with the starting weights.
     """
-    rolls = [Rollout(list(p), [], list(think_close), list(g)) for p, g in zip(prompts, golds)]
+    rolls = [
+        Rollout(list(p), [], list(think_close), list(g), temperature=temperature)
+        for p, g in zip(prompts, golds)
+    ]
     rows: list[Tensor] = []
     for s in range(0, len(rolls), micro_batch):
         logp, regions = score(

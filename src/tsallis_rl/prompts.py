@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tsallis_rl.config import ConfigError, TrainConfig
-from tsallis_rl.rollout import Rollout
+from tsallis_rl.rollout import Rollout, SamplingSettings
 from tsallis_rl.tasks.base import (
     THINK_CLOSE,
     Example,
@@ -70,4 +70,17 @@ class PromptFormatter:
         return self.tokenizer.eos_token_id if pad is None else pad
 
     def decode(self, r: Rollout) -> str:
-        return self.tokenizer.decode(r.rationale + r.forced + r.answer, skip_special_tokens=True)
+        return self.tokenizer.decode(r.completion, skip_special_tokens=True)
+
+
+def sampling_settings(
+    fmt: PromptFormatter, cfg: TrainConfig, *, answer_budget: int, temperature: float
+) -> SamplingSettings:
+    """The rollout settings of `cfg` for this formatter's markers: training (cfg.temperature) or
+    evaluation (cfg.eval_temperature, answers sampled to answer_budget). Trainer and eval share it."""
+    return SamplingSettings(
+        think_close=tuple(fmt.think_close), eos_ids=tuple(fmt.eos_ids), pad_id=fmt.pad_id,
+        thinking_budget=cfg.thinking_budget, answer_budget=answer_budget,
+        answer_prefix=tuple(fmt.ids(fmt.answer_prefix)), temperature=temperature,
+        top_p=cfg.top_p, batch_size=cfg.gen_batch_size, sampler=cfg.sampler,
+    )  # fmt: skip

@@ -1,90 +1,132 @@
-"""Rollouts: sample rationales with a thinking budget, then score log-probs in micro-batches.
+"""Rollouts: sample rationales with a thinking budget, then score token log-probs in micro-batches.
 
-Sampling (`sample`) runs one KV-cache loop over any HF causal LM. Each row writes its rationale until
-it emits `</think>` or spends `thinking_budget` tokens; a row that hits the budget gets `</think>`
-forced (budget forcing). With `answer_budget > 0` the row then samples its answer until the end token.
+Sampling (`sample`) writes each row's rationale until it emits `</think>`, emits an end token (which
+closes the rationale and is dropped, as in the TRL adapter) or spends `thinking_budget` tokens; `</think>`
+is then forced where the model did not write it (budget forcing). With `answer_budget > 0` the answer
+prefix is forced and the answer sampled until an end token. Two samplers do this, selected by
+`SamplingSettings.sampler` (registry `SAMPLERS`): "generate" (transformers' `generate`, two calls:
+rationale, then answer) and "loop" (one hand-written KV-cache loop); "auto" picks the faster one per
+device (`DEFAULT_SAMPLER`: measured by bench/rollout_speed.py). Greedy decoding gives identical ids in
+both. Randomness comes only from the caller's `torch.Generator` (resumable: save its state), or from
+one seed per group of rows (`group_seeds`), in which case a group's draws do not depend on which other
+rows share its batch (evaluation sharded over ranks gives the same samples as one process).
 
-Scoring (`score`) runs ONE forward pass over [prompt | rationale | forced </think> | answer] and
-returns per-token log-probs of the completion, labelled by region, so that rationale_logp (sampled
-rationale tokens), answer_logp (teacher-forced or sampled answer tokens) and GRPO's token log-probs
-all come from the same pass. Forced tokens belong to neither region. Only the completion's logits
-are computed (`logits_to_keep`), one micro-batch at a time.
+Scoring (`score`) runs one forward pass over [prompt | rationale | forced | answer prefix | answer]
+and returns each completion token's log-prob under the sampling distribution (logits / temperature),
+labelled by region. Positive regions are tokens the policy sampled (RATIONALE, ANSWER); negative ones
+were forced (FORCED `</think>`, ANSWER_PREFIX) and are never trained as sampled tokens; 0 is padding.
+Log-probs come from the final hidden states and the output head in token chunks (a selective
+log-softmax), so memory grows with tokens x hidden, not tokens x vocabulary.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor
 
-PROMPT, RATIONALE, ANSWER = 0, 1, 2  # region labels; PROMPT also marks forced tokens
+PROMPT, RATIONALE, ANSWER = 0, 1, 2  # PROMPT also labels padding
+FORCED, ANSWER_PREFIX = -1, -2  # forced by budget forcing / by the answer format: never "sampled"
+
+LOGIT_CHUNK_ELEMENTS = 1 << 24  # vocabulary logits materialised at once by `score` (64 MiB in fp32)
 
 
 @dataclass
 class Rollout:
-    """One sampled completion for one prompt. Token ids only; text is decoded on demand."""
+    """One completion for one prompt. Token ids only; text is decoded on demand."""
 
     prompt: list[int]
     rationale: list[int]  # sampled, including a sampled `</think>` if the model closed it
     forced: list[int]  # `</think>` appended by budget forcing (empty if the model closed it)
-    answer: list[int]  # sampled answer tokens (empty until an answer is sampled or attached)
+    answer: list[int]  # sampled answer tokens, or the teacher-forced answer (prefix + y* + eos)
+    answer_prefix: list[int] = field(default_factory=list)  # forced before a *sampled* answer
+    temperature: float = 1.0  # sampled at: `score` uses logits / temperature (<= 0, greedy: 1)
 
     @property
     def hit_budget(self) -> bool:
         return bool(self.forced)
 
+    @property
+    def completion(self) -> list[int]:
+        return self.rationale + self.forced + self.answer_prefix + self.answer
+
     def tokens_and_regions(self) -> tuple[list[int], list[int]]:
-        completion = self.rationale + self.forced + self.answer
-        regions = [RATIONALE] * len(self.rationale) + [PROMPT] * len(self.forced)
+        regions = [PROMPT] * len(self.prompt) + [RATIONALE] * len(self.rationale)
+        regions += [FORCED] * len(self.forced) + [ANSWER_PREFIX] * len(self.answer_prefix)
         regions += [ANSWER] * len(self.answer)
-        return self.prompt + completion, [PROMPT] * len(self.prompt) + regions
+        return self.prompt + self.completion, regions
 
     def with_answer(self, answer: list[int]) -> Rollout:
-        """A copy whose answer region is `answer` (e.g. the teacher-forced gold answer)."""
-        return Rollout(self.prompt, self.rationale, self.forced, list(answer))
+        """A copy whose answer is `answer` (e.g. the teacher-forced prefix + y* + eos), no separate prefix."""
+        return Rollout(
+            self.prompt, self.rationale, self.forced, list(answer), temperature=self.temperature
+        )
 
 
-def _ends_with(seq: list[int], suffix: Sequence[int]) -> bool:
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How rollouts are sampled: markers, budgets, temperature / top-p, batch size and sampler."""
+
+    think_close: tuple[int, ...]
+    eos_ids: tuple[int, ...]
+    pad_id: int
+    thinking_budget: int
+    answer_budget: int = 0  # 0: stop after the rationale (the answer is teacher-forced)
+    answer_prefix: tuple[int, ...] = ()
+    temperature: float = 1.0  # <= 0: greedy
+    top_p: float = 1.0
+    batch_size: int = 256  # rows sampled at once
+    sampler: str = "auto"  # auto | generate | loop
+
+    def __post_init__(self) -> None:
+        for name in ("think_close", "eos_ids", "answer_prefix"):
+            object.__setattr__(self, name, tuple(int(t) for t in getattr(self, name)))
+
+
+def _ends_with(seq: Sequence[int], suffix: Sequence[int]) -> bool:
     n = len(suffix)
-    return n > 0 and len(seq) >= n and seq[-n:] == list(suffix)
+    return n > 0 and len(seq) >= n and list(seq[-n:]) == list(suffix)
 
 
-@torch.no_grad()
-def sample(
-    model: torch.nn.Module,
-    prompts: Sequence[Sequence[int]],
-    *,
-    think_close: Sequence[int],
-    eos_ids: Sequence[int],
-    pad_id: int,
-    thinking_budget: int,
-    answer_budget: int = 0,
-    answer_prefix: Sequence[int] = (),
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    generator: torch.Generator | None = None,
-    batch_size: int = 256,
-) -> list[Rollout]:
-    """Sample one rollout per prompt (repeat a prompt M times for M rollouts), `batch_size` rows at once.
+def _close_rationale(rationale: list[int], s: SamplingSettings) -> tuple[list[int], list[int]]:
+    """(rationale, forced): an end token is dropped and, like a spent budget, gets `</think>` forced."""
+    if _ends_with(rationale, s.think_close):
+        return rationale, []
+    if rationale and rationale[-1] in s.eos_ids:
+        rationale = rationale[:-1]
+    return rationale, list(s.think_close)
 
-    With answer_budget == 0 sampling stops after the rationale (GARL/PAFT teacher-force the answer).
-    Otherwise `answer_prefix` is forced after `</think>` and the answer is sampled until an end token.
-    """
-    out: list[Rollout] = []
-    for start in range(0, len(prompts), batch_size):
-        out += _sample_batch(
-            model, prompts[start : start + batch_size], list(think_close), set(eos_ids), pad_id,
-            thinking_budget, answer_budget, list(answer_prefix), temperature, top_p, generator,
-        )  # fmt: skip
-    return out
+
+# --------------------------------------------------------------------------------------------------
+# Random draws: one stream, or one stream per contiguous group of rows
+
+
+Streams = list[tuple[slice, "torch.Generator | None"]]
+
+
+def _streams(
+    n: int, generator: torch.Generator | None, group_seeds: Sequence[int] | None, phase: int, device
+) -> Streams:
+    """Which generator draws for which rows. Per-group seeds give each phase its own stream."""
+    if group_seeds is None:
+        return [(slice(0, n), generator)]
+    size = n // len(group_seeds)
+    return [
+        (slice(g * size, (g + 1) * size), torch.Generator(device=device).manual_seed(2 * s + phase))
+        for g, s in enumerate(group_seeds)
+    ]
 
 
 def _pick(
-    logits: Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+    logits: Tensor, temperature: float, top_p: float, streams: Streams, need: Tensor | None = None
 ) -> Tensor:
-    """Next tokens [N] from logits [N, V]: greedy at temperature 0, else (nucleus) sampling."""
+    """Next tokens [N] from logits [N, V]: greedy at temperature <= 0, else (nucleus) sampling.
+
+    Only rows in `need` [N] bool (default all) draw; each stream draws for its rows in order.
+    """
     if temperature <= 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
@@ -92,22 +134,156 @@ def _pick(
         sorted_p, order = probs.sort(-1, descending=True)
         keep = sorted_p.cumsum(-1) - sorted_p < top_p
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p * keep)
-    if generator is not None and generator.device != probs.device:
-        probs = probs.to(generator.device)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(logits.device)
+    out = logits.argmax(-1)
+    for rows, gen in streams:
+        idx = torch.arange(rows.start, rows.stop, device=logits.device)
+        if need is not None:
+            idx = idx[need[rows].to(logits.device)]
+        if idx.numel() == 0:
+            continue
+        p = probs[idx]
+        if gen is not None and gen.device != p.device:
+            p = p.to(gen.device)
+        out[idx] = torch.multinomial(p, 1, generator=gen).squeeze(-1).to(logits.device)
+    return out
 
 
-def _sample_batch(
-    model, prompts, close, eos, pad_id, budget, ans_budget, ans_prefix, temp, top_p, gen
-):
-    device = next(model.parameters()).device
-    n, width = len(prompts), max(len(p) for p in prompts)
-    ids = torch.full((n, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    for i, p in enumerate(prompts):  # left padding
-        ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-        mask[i, width - len(p) :] = 1
-    ids, mask = ids.to(device), mask.to(device)
+def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[Tensor, Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r) :] = torch.tensor(list(r), dtype=torch.long)
+            mask[i, width - len(r) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sampling
+
+
+@torch.no_grad()
+def sample(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    settings: SamplingSettings,
+    *,
+    generator: torch.Generator | None = None,
+    group_seeds: Sequence[int] | None = None,
+) -> list[Rollout]:
+    """Sample one rollout per prompt (repeat a prompt M times for M rollouts).
+
+    `group_seeds`: one seed per contiguous group of equally many rows (e.g. the k samples of one
+    evaluation example); each group then draws from its own streams, independent of the batch.
+    Otherwise all draws come from `generator` (None: torch's global generator).
+    """
+    n = len(prompts)
+    step = settings.batch_size
+    if group_seeds is not None:
+        if not group_seeds or n % len(group_seeds):
+            raise ValueError(f"{n} rows do not split into {len(group_seeds)} equal groups")
+        size = n // len(group_seeds)
+        step = max(size, settings.batch_size // size * size)  # batches hold whole groups
+    sampler = SAMPLERS[resolve_sampler(settings.sampler, _device(model))]
+    out: list[Rollout] = []
+    for start in range(0, n, step):
+        seeds = None
+        if group_seeds is not None:
+            seeds = group_seeds[start // size : (start + step) // size]
+        out += sampler(model, prompts[start : start + step], settings, generator, seeds)
+    return out
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+DEFAULT_SAMPLER = {"cpu": "loop"}  # per device type; anything else: "generate"
+
+
+def resolve_sampler(name: str, device: torch.device) -> str:
+    """The sampler `name` selects on `device` ("auto": the measured faster one there)."""
+    if name == "auto":
+        return DEFAULT_SAMPLER.get(torch.device(device).type, "generate")
+    if name not in SAMPLERS:
+        raise ValueError(f"sampler must be auto or one of {sorted(SAMPLERS)}, got {name!r}")
+    return name
+
+
+def _sample_generate(model, prompts, s: SamplingSettings, generator, group_seeds) -> list[Rollout]:
+    """Two `generate` calls: rationales (stop at `</think>`, an end token or the budget), answers."""
+    device = _device(model)
+    streams = _streams(len(prompts), generator, group_seeds, 1, device)
+    new = _generate(model, prompts, s, s.thinking_budget, s.eos_ids, s.think_close, streams)
+    rows = []
+    for p, toks in zip(prompts, new):
+        rationale, forced = _close_rationale(toks, s)
+        prefix = list(s.answer_prefix) if s.answer_budget > 0 else []
+        rows.append(Rollout(list(p), rationale, forced, [], prefix, s.temperature))
+    if s.answer_budget <= 0:
+        return rows
+    streams = _streams(len(prompts), generator, group_seeds, 2, device)
+    contexts = [r.prompt + r.completion for r in rows]
+    answers = _generate(model, contexts, s, s.answer_budget, s.eos_ids, (), streams)
+    for r, a in zip(rows, answers):
+        r.answer = a
+    return rows
+
+
+def _generate(model, rows, s: SamplingSettings, max_new, eos, close, streams) -> list[list[int]]:
+    """New tokens per row from `model.generate`, each cut after its first end token or `close`."""
+    from transformers import LogitsProcessorList, StoppingCriteriaList
+
+    ids, mask = _left_pad(rows, s.pad_id, _device(model))
+    stop_ids = list(eos) + ([close[0]] if len(close) == 1 else [])
+    criteria = [_EndsWith(close, ids.shape[1])] if len(close) > 1 else []
+    draws = [_DrawTokens(s.temperature, s.top_p, streams)] if s.temperature > 0 else []
+    out = model.generate(
+        input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False, num_beams=1,
+        eos_token_id=stop_ids, pad_token_id=s.pad_id, repetition_penalty=1.0,
+        logits_processor=LogitsProcessorList(draws), stopping_criteria=StoppingCriteriaList(criteria),
+    )  # fmt: skip
+    return [_cut(r, eos, close) for r in out[:, ids.shape[1] :].tolist()]
+
+
+def _cut(tokens: list[int], eos: Sequence[int], close: Sequence[int]) -> list[int]:
+    for i, tok in enumerate(tokens):
+        if tok in eos or _ends_with(tokens[: i + 1], close):
+            return tokens[: i + 1]
+    return tokens
+
+
+class _DrawTokens:
+    """A logits processor that samples with our generator(s) and leaves only the drawn token open."""
+
+    def __init__(self, temperature: float, top_p: float, streams: Streams) -> None:
+        self.temperature, self.top_p, self.streams = temperature, top_p, streams
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        tok = _pick(scores, self.temperature, self.top_p, self.streams)
+        return torch.full_like(scores, float("-inf")).scatter_(1, tok[:, None], 0.0)
+
+
+class _EndsWith:
+    """Stopping criterion: the row's new tokens end with a multi-token `suffix` (e.g. `</think>`)."""
+
+    def __init__(self, suffix: Sequence[int], start: int) -> None:
+        self.suffix, self.start = torch.tensor(list(suffix), dtype=torch.long), start
+
+    def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs) -> Tensor:
+        n = len(self.suffix)
+        if input_ids.shape[1] - self.start < n:
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        self.suffix = self.suffix.to(input_ids.device)
+        return (input_ids[:, -n:] == self.suffix).all(-1)
+
+
+def _sample_loop(model, prompts, s: SamplingSettings, generator, group_seeds) -> list[Rollout]:
+    """One KV-cache loop over both phases; forced tokens are fed without drawing."""
+    device = _device(model)
+    n = len(prompts)
+    ids, mask = _left_pad(prompts, s.pad_id, device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     try:  # prefill: only the last position's logits are needed
         res = model(
@@ -115,43 +291,19 @@ def _sample_batch(
         )
     except TypeError:  # models without logits_to_keep
         res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-    cache_key = (
-        "cache" if "cache" in res.keys() else "past_key_values"
-    )  # renamed in transformers 5.2x
+    cache_key = "cache" if "cache" in res.keys() else "past_key_values"  # renamed in 5.2x
     past, logits = res[cache_key], res.logits[:, -1]
     next_pos = mask.sum(-1, keepdim=True)
-    rows = [Rollout(list(p), [], [], []) for p in prompts]
+    streams = [_streams(n, generator, group_seeds, ph, device) for ph in (1, 2)]
+    rows = [Rollout(list(p), [], [], [], [], s.temperature) for p in prompts]
     queue: list[list[int]] = [[] for _ in range(n)]  # tokens still to force per row
-    phase = ["rationale"] * n  # rationale -> (force) -> answer -> done
-    for _ in range(budget + len(close) + len(ans_prefix) + ans_budget + 1):
-        picked = _pick(logits, temp, top_p, gen).tolist()
-        feed, alive = [pad_id] * n, [0] * n
+    phase = ["rationale"] * n  # rationale -> answer -> done
+    for _ in range(s.thinking_budget + len(s.think_close) + len(s.answer_prefix) + s.answer_budget):
+        picked = _pick_by_phase(logits, s, streams, phase, queue)
+        feed, alive = [s.pad_id] * n, [0] * n
         for i in range(n):
-            if phase[i] == "done":
-                continue
-            r = rows[i]
-            if queue[i]:
-                tok = queue[i].pop(0)
-                (r.answer if phase[i] == "answer" else r.forced).append(tok)
-            elif phase[i] == "rationale":
-                tok = picked[i]
-                r.rationale.append(tok)
-            else:
-                tok = picked[i]
-                r.answer.append(tok)
-            feed[i], alive[i] = tok, 1
-            if phase[i] == "rationale":
-                closed = _ends_with(r.rationale, close) or _ends_with(r.forced, close)
-                if not closed and len(r.rationale) >= budget and not queue[i] and not r.forced:
-                    queue[i] = list(close)  # budget forcing
-                elif closed and not queue[i]:
-                    phase[i] = "answer" if ans_budget > 0 else "done"
-                    if phase[i] == "answer":
-                        queue[i] = list(ans_prefix)
-            elif phase[i] == "answer" and not queue[i]:
-                sampled = len(r.answer) - len(ans_prefix)
-                if sampled > 0 and (tok in eos or sampled >= ans_budget):
-                    phase[i] = "done"
+            if phase[i] != "done":
+                feed[i], alive[i] = _advance(rows[i], s, phase, queue, i, picked[i]), 1
         if all(ph == "done" for ph in phase):
             break
         step_ids = torch.tensor(feed, dtype=torch.long, device=device)[:, None]
@@ -166,20 +318,88 @@ def _sample_batch(
     return rows
 
 
+def _pick_by_phase(logits, s: SamplingSettings, streams, phase, queue) -> list[int]:
+    """Draws for the rows that sample this step, each from its phase's stream.
+
+    One shared stream (training) draws for every row each step, as this sampler always has (so a
+    seed reproduces earlier runs); per-group streams draw only for the rows that sample.
+    """
+    out = logits.argmax(-1)
+    if s.temperature <= 0:
+        return out.tolist()
+    if len(streams[0]) == 1 and streams[0] == streams[1]:
+        return _pick(logits, s.temperature, s.top_p, streams[0]).tolist()
+    for ph, phase_streams in zip(("rationale", "answer"), streams):
+        need = torch.tensor([p == ph and not q for p, q in zip(phase, queue)])
+        if need.any():
+            drawn = _pick(logits, s.temperature, s.top_p, phase_streams, need)
+            out = torch.where(need.to(out.device), drawn, out)
+    return out.tolist()
+
+
+def _advance(r: Rollout, s: SamplingSettings, phase, queue, i: int, picked: int) -> int:
+    """Record row i's next token (forced, or the drawn `picked`) and move its phase; returns it."""
+    if phase[i] == "rationale":
+        if not queue[i] and picked in s.eos_ids:  # an end token closes the rationale
+            queue[i] = list(s.think_close)
+        if queue[i]:
+            tok = queue[i].pop(0)
+            r.forced.append(tok)
+        else:
+            tok = picked
+            r.rationale.append(tok)
+        if queue[i]:
+            return tok
+        if _ends_with(r.rationale, s.think_close) or _ends_with(r.forced, s.think_close):
+            phase[i] = "answer" if s.answer_budget > 0 else "done"
+            queue[i] = list(s.answer_prefix)
+        elif len(r.rationale) >= s.thinking_budget:
+            queue[i] = list(s.think_close)  # budget forcing
+        return tok
+    if queue[i]:
+        tok = queue[i].pop(0)
+        r.answer_prefix.append(tok)
+        return tok
+    r.answer.append(picked)
+    if picked in s.eos_ids or len(r.answer) >= s.answer_budget:
+        phase[i] = "done"
+    return picked
+
+
+SAMPLERS: dict[str, Callable[..., list[Rollout]]] = {
+    "generate": _sample_generate,
+    "loop": _sample_loop,
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring
+
+
 def score(
     model: torch.nn.Module,
     rollouts: Sequence[Rollout],
     *,
     pad_id: int,
     micro_batch: int = 16,
+    temperature: float | None = None,
+    full_logits: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Log-probs of every completion token and its region, from one forward pass per micro-batch.
+    """Log-probs of every completion token under logits / temperature, and its region.
+
+    temperature: None scores each rollout at the temperature it was sampled at (on-policy).
 
     Returns (token_logp [N, T], regions [N, T]) where T is the longest completion; padding has
-    region PROMPT (0) and log-prob 0. Gradient flows when called with grad enabled.
+    region PROMPT (0) and log-prob 0. Gradient flows when called with grad enabled. `full_logits`
+    selects the reference pass through the model's own logits (all vocabulary at once).
+    temperature <= 0 (greedy sampling has no density) scores at temperature 1.
     """
+    temps = [r.temperature if temperature is None else temperature for r in rollouts]
+    temps = [t if t > 0 else 1.0 for t in temps]
     chunks = [
-        _score_chunk(model, rollouts[s : s + micro_batch], pad_id)
+        _score_micro_batch(
+            model, rollouts[s : s + micro_batch], pad_id, temps[s : s + micro_batch], full_logits
+        )
         for s in range(0, len(rollouts), micro_batch)
     ]
     width = max(c[0].shape[1] for c in chunks)
@@ -188,34 +408,124 @@ def score(
     return logps, regions
 
 
-def _score_chunk(model, rollouts: Sequence[Rollout], pad_id: int) -> tuple[Tensor, Tensor]:
-    device = next(model.parameters()).device
+def _score_micro_batch(
+    model, rollouts: Sequence[Rollout], pad_id: int, temps: list[float], full_logits: bool
+) -> tuple[Tensor, Tensor]:
+    device = _device(model)
+    temperature = torch.tensor(temps, dtype=torch.float32, device=device)  # [n]
     seqs = [r.tokens_and_regions() for r in rollouts]
     n, width = len(seqs), max(len(t) for t, _ in seqs)
     ids = torch.full((n, width), pad_id, dtype=torch.long)
     mask = torch.zeros((n, width), dtype=torch.long)
     starts = [len(r.prompt) for r in rollouts]
-    comp_len = max(len(t) - s for (t, _), s in zip(seqs, starts))
+    lengths = [len(t) - s for (t, _), s in zip(seqs, starts)]
+    comp_len = max(lengths)
     regions = torch.zeros((n, comp_len), dtype=torch.long)
     for i, ((toks, regs), s) in enumerate(zip(seqs, starts)):  # right padding
         ids[i, : len(toks)] = torch.tensor(toks, dtype=torch.long)
         mask[i, : len(toks)] = 1
         regions[i, : len(toks) - s] = torch.tensor(regs[s:], dtype=torch.long)
     ids, mask, regions = ids.to(device), mask.to(device), regions.to(device)
-    first = min(starts)  # logits at positions first-1 .. width-2 predict tokens first .. width-1
-    keep = width - first + 1
+    # position starts[i] - 1 + j predicts completion token j of row i
+    j = torch.arange(comp_len, device=device)
+    pos = (torch.tensor(starts, device=device)[:, None] - 1 + j).clamp(max=width - 1)  # [n, C]
+    valid = j[None, :] < torch.tensor(lengths, device=device)[:, None]  # [n, C]
+    targets = ids.gather(1, (pos + 1).clamp(max=width - 1))
+    first = min(starts) - 1  # earliest predicting position
+    head = None if full_logits else _output_head(model)
+    if comp_len == 0:
+        logp = torch.zeros((n, 0), device=device)
+    elif head is None:
+        logp = _full_pass_logp(model, ids, mask, pos, first, temperature)
+    else:
+        hidden = _final_hidden(model, ids, mask)  # [n, width, H]
+        h = hidden.gather(1, pos[..., None].expand(-1, -1, hidden.shape[-1]))[valid]  # [K, H]
+        logp = torch.zeros((n, comp_len), dtype=torch.float32, device=device)
+        temp = temperature[:, None].expand_as(valid)[valid]  # [K]
+        logp = logp.masked_scatter(valid, selective_log_softmax(h, head, targets[valid], temp))
+    return logp * valid, regions * valid
+
+
+def _full_pass_logp(model, ids, mask, pos, first: int, temperature: Tensor) -> Tensor:
+    """The reference pass: the model's own logits [n, positions, V] from position `first` on."""
+    keep = ids.shape[1] - first
     try:
         logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
     except TypeError:  # models without logits_to_keep
         logits = model(input_ids=ids, attention_mask=mask).logits[:, -keep:]
-    logits = logits[:, :-1].float()  # [n, W, V]: position j predicts token first + j
-    tok_logp = logits.gather(-1, ids[:, first:, None]).squeeze(-1) - torch.logsumexp(logits, -1)
-    offs = (
-        torch.tensor(starts, device=device)[:, None] - first + torch.arange(comp_len, device=device)
-    )
-    logp = tok_logp.gather(1, offs.clamp(max=tok_logp.shape[1] - 1))  # [n, comp_len]
-    valid = (
-        torch.arange(comp_len, device=device)[None, :]
-        < torch.tensor([len(t) - s for (t, _), s in zip(seqs, starts)], device=device)[:, None]
-    )
-    return logp * valid, regions * valid
+    logits = logits[:, :-1].float() / temperature[:, None, None]  # index m: position first + m
+    tok_logp = logits.gather(-1, ids[:, first + 1 :, None]).squeeze(-1) - logits.logsumexp(-1)
+    return tok_logp.gather(1, (pos - first).clamp(max=keep - 2))
+
+
+@dataclass
+class _Head:
+    """The output head as a function of final hidden states, and the vocabulary size."""
+
+    fn: Callable[[Tensor], Tensor]
+    vocab: int
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The HF model inside DDP and peft wrappers (LoRA layers stay injected in it)."""
+    model = getattr(model, "module", model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _output_head(model: torch.nn.Module) -> _Head | None:
+    """logits = head(final hidden state), with the config's logit scaling/soft-capping; None if unknown."""
+    base = _unwrap(model)
+    emb = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    weight = getattr(emb, "weight", None)
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+    if emb is None or weight is None or decoder is None or decoder is base:
+        return None
+    cfg = base.config
+    scale = getattr(cfg, "logit_scale", None)  # Cohere: logits * scale
+    divide = getattr(cfg, "logits_scaling", None)  # Granite: logits / scaling
+    cap = getattr(cfg, "final_logit_softcapping", None)  # Gemma 2/3: cap * tanh(logits / cap)
+
+    def head(h: Tensor) -> Tensor:
+        x = emb(h)
+        if scale:
+            x = x * scale
+        if divide:
+            x = x / divide
+        if cap:
+            x = torch.tanh(x / cap) * cap
+        return x
+
+    return _Head(head, int(weight.shape[0]))
+
+
+def _final_hidden(model: torch.nn.Module, ids: Tensor, mask: Tensor) -> Tensor:
+    """Final (normed) hidden states [n, width, H], without the vocabulary projection."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):  # keep DDP's gradient sync
+        out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, logits_to_keep=1)
+        return out.hidden_states[-1]
+    decoder = _unwrap(model).get_decoder()
+    return decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+
+
+def selective_log_softmax(
+    hidden: Tensor, head: _Head, targets: Tensor, temperature: Tensor
+) -> Tensor:
+    """log softmax(head(hidden) / T)[target] per row: hidden [K, H], targets [K], T [K] -> [K] fp32.
+
+    Vocabulary logits exist for one chunk of rows at a time; under grad each chunk is recomputed in
+    the backward pass (activation checkpointing), so no [K, V] tensor is ever kept.
+    """
+    chunk = max(1, LOGIT_CHUNK_ELEMENTS // head.vocab)
+
+    def part(h: Tensor, t: Tensor, temp: Tensor) -> Tensor:
+        logits = head.fn(h).float() / temp[:, None]
+        return logits.gather(-1, t[:, None]).squeeze(-1) - logits.logsumexp(-1)
+
+    parts = []
+    for s in range(0, hidden.shape[0], chunk):
+        args = (hidden[s : s + chunk], targets[s : s + chunk], temperature[s : s + chunk])
+        if torch.is_grad_enabled():
+            parts.append(torch.utils.checkpoint.checkpoint(part, *args, use_reentrant=False))
+        else:
+            parts.append(part(*args))
+    return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)

@@ -23,7 +23,6 @@ import random
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +32,11 @@ from torch import Tensor
 from tsallis_rl import rundir
 from tsallis_rl.config import TrainConfig
 from tsallis_rl.estimators import get_estimator_spec
+from tsallis_rl.evaluation import EvalResult, eval_seed, evaluate
 from tsallis_rl.gradient import apply_gradient, no_rationale_rows, stack_rows
-from tsallis_rl.metrics import score_samples
-from tsallis_rl.prompts import PromptFormatter
-from tsallis_rl.rollout import ANSWER, Rollout, sample, score
+from tsallis_rl.metrics import get_match_mode
+from tsallis_rl.prompts import PromptFormatter, sampling_settings
+from tsallis_rl.rollout import Rollout, SamplingSettings, sample
 from tsallis_rl.rundir import Loggers, json_safe, read_jsonl, write_atomic
 from tsallis_rl.tasks.base import Example, Task
 
@@ -64,12 +64,6 @@ def q_at(cfg: TrainConfig, step: int) -> float:
 # The trainer
 
 
-@dataclass
-class EvalResult:
-    summary: dict[str, float]
-    records: list[dict[str, Any]]
-
-
 class Trainer:
     """Trains one (estimator, q) run of `cfg` on `splits` of `task`, writing into `run_dir`."""
 
@@ -91,6 +85,7 @@ class Trainer:
         self.splits, self.run_dir, self.device = splits, Path(run_dir), device
         self.accelerator = accelerator
         self.spec = get_estimator_spec(cfg.estimator)
+        self.match = get_match_mode(cfg.match)
         self.enc = PromptFormatter.build(tokenizer, task, cfg)
         rank = accelerator.process_index if accelerator is not None else 0
         self.gen = torch.Generator(device=device).manual_seed(cfg.seed + 7919 * rank)  # rollouts
@@ -158,6 +153,12 @@ class Trainer:
         idx = [order[(offset + i) % len(train)] for i in range(B)]
         return [train[i] for i in idx]
 
+    def _sampling(self, *, answer_budget: int, temperature: float) -> SamplingSettings:
+        """The sampling settings of training (temperature) or evaluation (eval_temperature)."""
+        return sampling_settings(
+            self.enc, self.cfg, answer_budget=answer_budget, temperature=temperature
+        )
+
     def _sample(
         self,
         prompts: list[list[int]],
@@ -167,17 +168,13 @@ class Trainer:
         gen: torch.Generator,
         model: torch.nn.Module | None = None,
     ) -> list[Rollout]:
+        """Rollouts of `prompts`, drawn from `gen`; each carries its temperature for scoring."""
         policy = self.policy if model is None else model
         was_training = policy.training
         policy.eval()
         try:
-            return sample(
-                policy, prompts, think_close=self.enc.think_close, eos_ids=self.enc.eos_ids,
-                pad_id=self.enc.pad_id, thinking_budget=self.cfg.thinking_budget,
-                answer_budget=answer_budget, answer_prefix=self.enc.ids(self.enc.answer_prefix),
-                temperature=temperature, top_p=self.cfg.top_p, generator=gen,
-                batch_size=self.cfg.gen_batch_size,
-            )  # fmt: skip
+            settings = self._sampling(answer_budget=answer_budget, temperature=temperature)
+            return sample(policy, prompts, settings, generator=gen)
         finally:
             policy.train(was_training)
 
@@ -205,9 +202,9 @@ class Trainer:
                     r.with_answer(self._gold(examples[i // M])) for i, r in enumerate(rollouts)
                 ]
             else:
-                correct = [
-                    self.task.exact_match(
-                        self.task.extract_answer(self.enc.decode(r)), examples[i // M]
+                correct = [  # the training reward of --match (default: the task's exact match)
+                    self.match.reward_correct(
+                        self.task, self.task.extract_answer(self.enc.decode(r)), examples[i // M]
                     )
                     for i, r in enumerate(rollouts)
                 ]
@@ -255,6 +252,7 @@ class Trainer:
             rows = no_rationale_rows(
                 policy, [self._prompt(ex) for ex in examples], [self._gold(ex) for ex in examples],
                 self.enc.think_close, pad_id=self.enc.pad_id, micro_batch=self.cfg.micro_batch,
+                temperature=self.cfg.temperature,
             )  # fmt: skip
         finally:
             policy.train(was)
@@ -267,64 +265,25 @@ class Trainer:
             loss.backward()
 
     # -- evaluation ---------------------------------------------------------------------------------
-    @torch.no_grad()
     def evaluate(
         self, split: str, *, step: int | None = None, model: torch.nn.Module | None = None
     ) -> EvalResult:
-        """p@1 / p@k / m@k on `split` with k = eval_k samples, plus mean log P-hat of the gold answer."""
-        cfg, k = self.cfg, self.cfg.eval_k
-        policy = self.policy if model is None else model
-        examples = self.splits[split]
-        gen = torch.Generator(device=self.device).manual_seed(
-            cfg.seed * 7919
-            + (self.step if step is None else step)
-            + (0 if split == "val" else 1_000_000)
-        )
-        prompts = [self._prompt(ex) for ex in examples for _ in range(k)]
-        rollouts = self._sample(
-            prompts,
-            answer_budget=cfg.answer_budget,
-            temperature=cfg.eval_temperature,
-            gen=gen,
-            model=policy,
-        )
-        completions = [self.enc.decode(r) for r in rollouts]
-        samples = [
-            [self.task.extract_answer(c) for c in completions[i * k : (i + 1) * k]]
-            for i in range(len(examples))
-        ]
-        match = getattr(self.task, "eval_match", "substring")
-        summary, records = score_samples(self.task, examples, samples, match=match)
-        # mean log P-hat: teacher-force the gold answer after each sampled rationale
-        forced = [
-            Rollout(
-                r.prompt,
-                r.rationale,
-                r.forced or self._close_if_open(r),
-                self._gold(examples[i // k]),
-            )
-            for i, r in enumerate(rollouts)
-        ]
-        was = policy.training
-        policy.eval()
-        logp, regions = score(policy, forced, pad_id=self.enc.pad_id, micro_batch=cfg.micro_batch)
-        policy.train(was)
-        ans = (logp * (regions == ANSWER)).sum(-1).double().view(len(examples), k)
-        log_p_hat = torch.logsumexp(ans, dim=1) - math.log(k)
-        summary["log_p_hat"] = log_p_hat.mean().item()
-        if hasattr(self.task, "rationale_correct"):
-            ok = [
-                self.task.rationale_correct(c, examples[i // k]) for i, c in enumerate(completions)
-            ]
-            summary["rationale_correct"] = sum(ok) / max(len(ok), 1)
-        for rec, lp in zip(records, log_p_hat.tolist()):
-            rec["log_p_hat"] = lp
-        return EvalResult(summary, records)
+        """p@1 / p@k / m@k on `split` with k = eval_k samples, plus mean log P-hat of the gold answer.
 
-    def _close_if_open(self, r: Rollout) -> list[int]:
-        """`</think>` if the rationale did not close itself (it was cut by the answer phase)."""
-        close = self.enc.think_close
-        return [] if r.rationale[-len(close) :] == close else list(close)
+        The training policy (model=None) is evaluated by every rank on its share of the examples
+        (call it on all ranks); an explicit `model` is evaluated whole by the calling process.
+        """
+        cfg = self.cfg
+        examples = self.splits[split]
+        seed = eval_seed(cfg.seed, self.step if step is None else step, split)
+        return evaluate(
+            self.policy if model is None else model, self.task, examples,
+            [self._prompt(ex) for ex in examples], [self._gold(ex) for ex in examples],
+            self.enc.decode,
+            self._sampling(answer_budget=cfg.answer_budget, temperature=cfg.eval_temperature),
+            k=cfg.eval_k, seed=seed, micro_batch=cfg.micro_batch,
+            accelerator=self.accelerator if model is None else None, match=cfg.match,
+        )  # fmt: skip
 
     # -- checkpoints --------------------------------------------------------------------------------
     def _rng_state(self) -> dict[str, Any]:
@@ -477,13 +436,23 @@ class Trainer:
         return self._finish(mkey)
 
     def _eval_and_log(self, mkey: str) -> None:
-        if not self.is_main:
-            return
+        """Every rank evaluates its share; rank 0 decides on a new best and tells the others."""
         res = self.evaluate("val")
         score_ = res.summary.get(mkey, 0.0)
-        if score_ > self.best["score"]:
+        better = [score_ > self.best["score"]]
+        if self.accelerator is not None and self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            better = broadcast_object_list(better, from_process=0)
+        if better[0]:
             self.best = {"step": self.step, "score": score_}
-            self.save_best()
+            if self.is_main:
+                self.save_best()
+        if self.is_main:  # what was counted right: every example's sampled answers, per eval
+            write_atomic(
+                self.run_dir / "records" / f"val-step-{self.step:06d}.jsonl",
+                "".join(json.dumps(json_safe(r)) + "\n" for r in res.records),
+            )
         if self.loggers:
             self.loggers.log({"kind": "eval", "split": "val", "step": self.step, **res.summary})
 
