@@ -27,6 +27,17 @@ COLD_FORM = ("", " ", "")
 WARM_FORM = ("Q:", "+", "=?")
 
 
+# The difficulty dial: gold-answer templates ({s} = the sum, {r} = its digits reversed), from the
+# warm answer the base model writes (dial 0) to ever further departures from it. Each setting keeps
+# the cold prompt; only how unlikely the gold answer is to the base model changes (see DIAL_NOTES).
+DIAL_FORMS: tuple[str, ...] = ("A:{s}", "A:{r}", "{s}", "{r}")
+
+
+def answer_for_dial(total: int, dial: int) -> str:
+    """The gold answer of dial setting `dial` for a problem whose sum is `total`."""
+    return DIAL_FORMS[dial].format(s=total, r=str(total)[::-1])
+
+
 def rationale(operands: list[int]) -> str:
     """The chain of running totals, e.g. [1, 6, 5, 8] -> '1+6=7;7+5=12;12+8=20'."""
     steps, total = [], operands[0]
@@ -64,14 +75,31 @@ class ChainSumTask(Task):
     eval_match = "exact"  # answers are short numbers: substring match would reward '102' for '02'
 
     def __init__(
-        self, num_operands: int = 4, low: int = 1, high: int = 9, answer_form: str = "reversed"
+        self,
+        num_operands: int = 4,
+        low: int = 1,
+        high: int = 9,
+        answer_form: str = "reversed",
+        dial: int | None = None,
     ) -> None:
+        for key, value in (("num_operands", num_operands), ("low", low), ("high", high)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"chainsum: {key} must be an integer, got {value!r}")
         if num_operands < 2 or not (0 <= low <= high <= 9):
             raise ValueError("chainsum needs num_operands >= 2 and 0 <= low <= high <= 9")
         if answer_form not in ("reversed", "warm"):
             raise ValueError(f"answer_form must be 'reversed' or 'warm', got {answer_form!r}")
+        if dial is not None and (
+            not isinstance(dial, int) or isinstance(dial, bool) or not 0 <= dial < len(DIAL_FORMS)
+        ):
+            raise ValueError(
+                f"chainsum: dial must be an integer in 0..{len(DIAL_FORMS) - 1}, got {dial!r}"
+            )
         self.spec = ChainSumSpec(num_operands, low, high)
         self.answer_form = answer_form
+        self.dial = dial
+        if dial is not None:
+            self.name = f"chainsum?dial={dial}"
 
     def _problem(self, rng: random.Random) -> list[int]:
         return [rng.randint(self.spec.low, self.spec.high) for _ in range(self.spec.num_operands)]
@@ -81,9 +109,15 @@ class ChainSumTask(Task):
         return Example(
             id=idx,
             question=" ".join(map(str, operands)),
-            answer=str(total)[::-1] if self.answer_form == "reversed" else f"A:{total}",
+            answer=self.render_answer(total),
             meta={"operands": operands, "sum": total, "rationale": rationale(operands)},
         )
+
+    def render_answer(self, total: int) -> str:
+        """The gold answer y*: the dial's form, else `answer_form` (reversed digits or `A:<sum>`)."""
+        if self.dial is not None:
+            return answer_for_dial(total, self.dial)
+        return str(total)[::-1] if self.answer_form == "reversed" else f"A:{total}"
 
     def load(
         self,
@@ -105,8 +139,13 @@ class ChainSumTask(Task):
         val_size: int = 50,
         test_size: int = 200,
         seed: int = 0,
+        skip_invalid: bool = False,
     ) -> dict[str, list[Example]]:
-        """Disjoint seeded train/val/test problem sets (no operand tuple appears in two splits)."""
+        """Disjoint seeded train/val/test problem sets (no operand tuple appears in two splits).
+
+        Takes the file tasks' keywords; `skip_invalid` has nothing to skip (problems are generated,
+        never invalid) and `path` is ignored.
+        """
         rng = random.Random(seed)
         seen: set[tuple[int, ...]] = set()
         out: dict[str, list[Example]] = {}
