@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,3 +107,60 @@ def test_fit_group_leaves_out_runs_escaped_before_start():
     ]
     res = fit_group(np.array([0.5, 2.0, 4.0, 8.0]), times, "log_inv_p0", n_boot=20, seed=0)
     assert res["excluded"] == 1 and res["n"] == 3
+
+
+# --------------------------------------------------------------------------------------------------
+# The command
+
+
+def study(tmp_path: Path, *flags: str) -> int:
+    from tsallis_rl.cli import main
+
+    return main(["study", "escape", "--out", str(tmp_path / "out"), *flags])
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--q", ","], "at least one value"),
+        (["--dial", ""], "at least one value"),
+        (["--q", "0.5,1.5"], "[0, 1]"),
+        (["--optimizers", "adam,rmsprop"], "rmsprop"),
+        (["--dial", "0,42"], "--dial"),
+        (["--lr", "sgd=0"], "--lr"),
+    ],
+)
+def test_study_refuses_bad_grids_before_building_anything(
+    tmp_path, capsys, monkeypatch, flags, message
+):
+    import tsallis_rl.basemodel as basemodel
+
+    monkeypatch.setattr(basemodel, "ensure_base_model", lambda *a, **k: pytest.fail("built"))
+    assert study(tmp_path, *flags) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_study_escape_on_a_2x2x1_grid_writes_every_output(tmp_path, tiny_model_dir):
+    from tsallis_rl.escape_study import OUTPUT_NAMES
+
+    code = study(
+        tmp_path, "--model", str(tiny_model_dir), "--q", "0.5,1", "--dial", "0,3",
+        "--optimizers", "sgd", "--steps", "2", "--eval-every", "1", "--probe-size", "2",
+        "--eval-k", "2", "--bootstrap", "20", "--workers", "1", "--threads", "1",
+    )  # fmt: skip
+    assert code == 0
+    out = tmp_path / "out"
+    for name in OUTPUT_NAMES:
+        assert (out / name).stat().st_size > 0, name
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["runs"]) == 4 and {r["dial"] for r in results["runs"]} == {0, 3}
+    for r in results["runs"]:
+        assert r["curve"]["step"] == [0.0, 1.0, 2.0]
+        assert r["escape_log_p"]["censored"] or r["escape_log_p"]["step"] <= 2
+    # q = 1 gets the log log(1/p0) fit as well; both criteria are fitted
+    assert len(results["fits"]) == 2 * 1 + 2 * 2
+    assert "Escape-time study" in (out / "report.md").read_text()
+    # a second call refuses the non-empty folder, --resume keeps the finished runs
+    assert study(tmp_path, "--model", str(tiny_model_dir)) == 2
