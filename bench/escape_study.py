@@ -4,7 +4,7 @@ Runs `tsallis-rl study escape` at a size the 2-core machine finishes in about an
 preset: q = 0.5, 0.75, 1 x 4 dial settings x SGD and Adam x 1 seed, 2 worker processes), then
 prints the measured tables: initial log P-hat per dial, the slope of log(escape step) against
 log(1/p0) per (q, optimiser) with its bootstrap interval beside the theory's 1 - q, and every run.
-`--preset small` is a minutes-long check that the pipeline works (2 q x 4 dials x Adam, few steps).
+`--preset small` is a minutes-long check that the pipeline works (2 q x 4 dials x SGD, 30 steps).
 Finished runs are kept (--resume), so an interrupted study continues where it stopped.
 
     python bench/escape_study.py --out runs/escape-hour              # ~1 hour on 2 cores
@@ -21,12 +21,12 @@ from pathlib import Path
 
 PRESETS = {
     "hour": [
-        "--q", "0.5,0.75,1", "--dial", "0,1,2,3", "--optimizers", "sgd,adam",
+        "--q", "0.5,0.75,1", "--dial", "1,2,3,4", "--optimizers", "sgd,adam",
         "--steps", "200", "--eval-every", "5", "--probe-size", "16", "--eval-k", "4",
     ],
     "small": [
-        "--q", "0.75,1", "--dial", "0,1,2,3", "--optimizers", "adam",
-        "--steps", "20", "--eval-every", "2", "--probe-size", "8", "--eval-k", "4",
+        "--q", "0.75,1", "--dial", "1,2,3,4", "--optimizers", "sgd",
+        "--steps", "30", "--eval-every", "2", "--probe-size", "8", "--eval-k", "4",
         "--bootstrap", "200",
     ],
 }  # fmt: skip

@@ -62,14 +62,20 @@ def small_base_model(tmp_path_factory) -> Path:
     from tsallis_rl.basemodel import BaseModelConfig, pretrain
 
     cfg = BaseModelConfig(
-        hidden_size=48, num_layers=2, num_heads=2, intermediate_size=96, steps=120, batch_size=32
+        hidden_size=48,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=96,
+        steps=200,
+        batch_size=32,
+        threads=1,
     )
     out = tmp_path_factory.mktemp("base") / "model"
     pretrain(cfg, out, progress=False)
     return out
 
 
-def gold_chain_answer_log_p(model, tok, task: ChainSumTask, n: int = 32) -> float:
+def gold_chain_answer_log_p(model, tok, task: ChainSumTask, n: int = 16) -> float:
     """Mean log p(y* <eos> | cold prompt, gold rationale): the answer's teacher-forced log P."""
     examples = task.splits(train_size=1, val_size=n, test_size=0, seed=3)["val"]
     total = 0.0

@@ -238,16 +238,16 @@ class EscapeStudyConfig:
     """
 
     q: list[float] = field(default_factory=lambda: [0.5, 0.75, 1.0])
-    dials: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    dials: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
     optimizers: list[str] = field(default_factory=lambda: ["sgd", "adam"])
     seeds: list[int] = field(default_factory=lambda: [0])
-    lr: dict[str, float] = field(default_factory=lambda: {"sgd": 1e-3, "adam": 1e-4, "adamw": 1e-4})
+    lr: dict[str, float] = field(default_factory=lambda: {"sgd": 1e-2, "adam": 1e-4, "adamw": 1e-4})
     steps: int = 150
     eval_every: int = 5
     probe_size: int = 16
     eval_k: int = 4
     max_grad_norm: float = 0.0
-    threshold_log_p: float = math.log(0.5)
+    threshold_log_p: float = math.log(0.1)
     p1_threshold: float = 0.5
     bootstrap: int = 1000
     workers: int = 2

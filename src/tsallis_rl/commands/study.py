@@ -3,7 +3,7 @@
 Trains GARL on the chain-sum cold task over q x difficulty dial x optimiser (x seed) with the
 trainer's own runs, detects each run's escape step on a fixed probe set and fits the slope of
 log(escape step) against log(1/p0) per (q, optimiser), beside the theory's 1 - q.
-    tsallis-rl study escape --q 0.5,0.75,1 --dial 0,1,2,3 --optimizers sgd,adam --out runs/escape
+    tsallis-rl study escape --q 0.5,0.75,1 --dial 1,2,3,4 --optimizers sgd,adam --out runs/escape
     tsallis-rl study escape --q 0.75,1 --dial 1,3 --optimizers adam --steps 10 --out /tmp/e
 Writes OUT/report.md, OUT/results.json, OUT/config.yaml, OUT/escape_steps.png, OUT/curves.png and
 every run under OUT/runs/. OUT must be empty or absent unless --overwrite or --resume is given.
@@ -86,7 +86,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--threshold-log-p",
         type=float,
-        help=f"escape: probe mean log P-hat >= this (default: {d.threshold_log_p:.4f} = log 0.5)",
+        help=f"escape: probe mean log P-hat >= this (default: {d.threshold_log_p:.4f} = log 0.1)",
     )
     p.add_argument(
         "--p1-threshold",

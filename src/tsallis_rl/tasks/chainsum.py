@@ -27,10 +27,12 @@ COLD_FORM = ("", " ", "")
 WARM_FORM = ("Q:", "+", "=?")
 
 
-# The difficulty dial: gold-answer templates ({s} = the sum, {r} = its digits reversed), from the
-# warm answer the base model writes (dial 0) to ever further departures from it. Each setting keeps
-# the cold prompt; only how unlikely the gold answer is to the base model changes (see DIAL_NOTES).
-DIAL_FORMS: tuple[str, ...] = ("A:{s}", "A:{r}", "{s}", "{r}")
+# The difficulty dial: gold-answer templates ({s} = the sum, {r} = its digits reversed), each one a
+# further departure from the warm answer `A:<sum>` that the base model writes: drop ':', drop 'A:',
+# reverse the digits (dial 3 = the default cold answer), write them twice. The prompt stays cold.
+# Initial mean log P-hat measured with the default base model (cold prompt, 32 problems x 8
+# rationales, CPU): -0.05, -11.9, -17.8, -25.1, -38.2 (p0 ~ 1e0, 1e-5, 2e-8, 1e-11, 3e-17).
+DIAL_FORMS: tuple[str, ...] = ("A:{s}", "A{s}", "{s}", "{r}", "{r}{r}")
 
 
 def answer_for_dial(total: int, dial: int) -> str:
