@@ -86,7 +86,7 @@ def test_censored_fit_is_none_when_every_run_is_censored():
 
 def test_fit_group_reports_slope_interval_and_counts():
     x, times = synthetic_runs(0.25, horizon=2000, every=2, noise=0.1)
-    res = fit_group(x, times, "log_inv_p0", n_boot=200, seed=0)
+    res = fit_group(x, times, "log_inv_p0", n_boot=100, seed=0)
     assert abs(res["slope"] - 0.25) < 0.05
     assert res["ci_low"] < res["slope"] < res["ci_high"]
     assert res["n"] == len(times) and res["excluded"] == 0
@@ -142,15 +142,16 @@ def test_study_refuses_bad_grids_before_building_anything(
     assert not (tmp_path / "out").exists()
 
 
-def test_study_escape_on_a_2x2x1_grid_writes_every_output(tmp_path, tiny_model_dir):
+@pytest.mark.slow  # ~15-25 s: four short training runs on the tiny model
+def test_study_escape_on_a_2x2x1_grid_writes_every_output(tmp_path, tiny_model_dir, monkeypatch):
     from tsallis_rl.escape_study import OUTPUT_NAMES
 
-    code = study(
-        tmp_path, "--model", str(tiny_model_dir), "--q", "0.5,1", "--dial", "0,3",
-        "--optimizers", "sgd", "--steps", "2", "--eval-every", "1", "--probe-size", "2",
-        "--eval-k", "2", "--bootstrap", "20", "--workers", "1", "--threads", "1",
-    )  # fmt: skip
-    assert code == 0
+    flags = [
+        "--model", str(tiny_model_dir), "--q", "0.5,1", "--dial", "0,3", "--optimizers", "sgd",
+        "--steps", "2", "--eval-every", "1", "--probe-size", "2", "--eval-k", "2",
+        "--bootstrap", "20", "--workers", "1", "--threads", "1",
+    ]  # fmt: skip
+    assert study(tmp_path, *flags) == 0
     out = tmp_path / "out"
     for name in OUTPUT_NAMES:
         assert (out / name).stat().st_size > 0, name
@@ -162,5 +163,11 @@ def test_study_escape_on_a_2x2x1_grid_writes_every_output(tmp_path, tiny_model_d
     # q = 1 gets the log log(1/p0) fit as well; both criteria are fitted
     assert len(results["fits"]) == 2 * 1 + 2 * 2
     assert "Escape-time study" in (out / "report.md").read_text()
-    # a second call refuses the non-empty folder, --resume keeps the finished runs
+    # a second call refuses the non-empty folder; --resume keeps the finished runs (no training)
     assert study(tmp_path, "--model", str(tiny_model_dir)) == 2
+    before = (out / "runs" / "garl_q1_dial3_sgd_s0" / "metrics.jsonl").read_text()
+    import tsallis_rl.experiment as experiment
+
+    monkeypatch.setattr(experiment, "train_run", lambda *a, **k: pytest.fail("retrained"))
+    assert study(tmp_path, *flags, "--resume") == 0
+    assert (out / "runs" / "garl_q1_dial3_sgd_s0" / "metrics.jsonl").read_text() == before
