@@ -9,6 +9,11 @@ The warm form (and six other surface forms of the input) is what the base model 
 The cold form is the same problem linearised (no `Q:`, no `=?`, spaces between operands) with a gold
 answer in a form the base model never produces: the digits of the sum reversed, with no `A:`. The
 answer needs the intermediate sums, so the rationale matters. Everything is generated from a seed.
+
+The difficulty dial `chainsum?dial=D` (D = 0..4, `DIAL_FORMS`) keeps the cold prompt and picks how
+far the gold answer departs from the warm `A:<sum>`, which sets the base model's initial success
+probability p0 (measured from ~1 down to ~1e-17); dial 3 is the default cold answer. It drives
+`tsallis-rl study escape`. Without `dial`, `answer_form` chooses reversed (default) or warm.
 """
 
 from __future__ import annotations
@@ -30,8 +35,9 @@ WARM_FORM = ("Q:", "+", "=?")
 # The difficulty dial: gold-answer templates ({s} = the sum, {r} = its digits reversed), each one a
 # further departure from the warm answer `A:<sum>` that the base model writes: drop ':', drop 'A:',
 # reverse the digits (dial 3 = the default cold answer), write them twice. The prompt stays cold.
-# Initial mean log P-hat measured with the default base model (cold prompt, 32 problems x 8
-# rationales, CPU): -0.05, -11.9, -17.8, -25.1, -38.2 (p0 ~ 1e0, 1e-5, 2e-8, 1e-11, 3e-17).
+# Initial mean log P-hat measured with the default base model (cold prompt, 64 validation problems
+# x 8 rationales, seeds 0 / 1, one 2-core CPU): dial 0: -0.04 / -0.07, 1: -12.5 / -13.3,
+# 2: -18.2 / -19.3, 3: -25.7 / -25.3, 4: -39.7 / -40.0, i.e. p0 from ~1 through 1e-5 to 1e-17.
 DIAL_FORMS: tuple[str, ...] = ("A:{s}", "A{s}", "{s}", "{r}", "{r}{r}")
 
 
