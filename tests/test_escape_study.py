@@ -128,6 +128,7 @@ def study(tmp_path: Path, *flags: str) -> int:
         (["--optimizers", "adam,rmsprop"], "rmsprop"),
         (["--dial", "0,42"], "--dial"),
         (["--lr", "sgd=0"], "--lr"),
+        (["--model", "/nonexistent/model"], "--model"),
     ],
 )
 def test_study_refuses_bad_grids_before_building_anything(

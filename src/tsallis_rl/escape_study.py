@@ -279,6 +279,8 @@ class EscapeStudyConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
         if self.bootstrap < 0:
             raise ValueError("--bootstrap must be >= 0")
+        if self.model is not None and not Path(self.model).is_dir():
+            raise ValueError(f"--model {self.model}: no such folder (a saved chain-sum base model)")
         for cfg in self.train_configs(Path(".")).values():
             cfg.validate("study")
         return self
@@ -495,8 +497,9 @@ interval-censored data (Tobit): an escape seen at evaluation step t is known onl
 (previous evaluation, t]; a censored run contributes P(T > last step). 95% percentile bootstrap
 over runs ({cfg.bootstrap} resamples). Runs past the threshold at step 0 are left out.
 Theory (gradient flow, METHOD.md section 3): b = 1 - q against log(1/p0); at q = 1, b = 1 against
-log log(1/p0). A slope is `-` when it is not identified (fewer than two dial settings with an
-observed escape).
+log log(1/p0) (its slope against log(1/p0), shown as 0, is only the asymptote: locally it is
+1 / log(1/p0)). A slope is `-` when it is not identified (fewer than two dial settings with an
+observed escape); with few runs per group the bootstrap interval is wide or missing.
 
 ## Dial: measured initial log P-hat
 
