@@ -247,7 +247,7 @@ class EscapeStudyConfig:
     probe_size: int = 16
     eval_k: int = 4
     max_grad_norm: float = 0.0
-    threshold_log_p: float = math.log(0.1)
+    threshold_log_p: float = -5.0
     p1_threshold: float = 0.5
     bootstrap: int = 1000
     workers: int = 2
@@ -516,9 +516,19 @@ observed escape); with few runs per group the bootstrap interval is wide or miss
 {run_table(results["runs"])}
 
 Plots: `escape_steps.png` (escape step against 1/p0, log-log, per q; open triangles are censored
-runs at their last step; dashed lines have the theory's slope through the fitted line's centre),
+runs at their last step; dashed lines are the theory's law through the fitted line's centre),
 `curves.png` (probe log P-hat per run).
 """
+
+
+def theory_curve(q: float, grid: np.ndarray, fit: dict[str, Any]) -> np.ndarray:
+    """Escape steps the theory predicts on `grid` = log(1/p0) [G]: p0^-(1-q) (q < 1) or
+    log(1/p0) (q = 1), scaled to meet the fitted line at the grid's centre."""
+    mid = float(grid.mean())
+    t_mid = math.exp(fit["intercept"] + fit["slope"] * mid)
+    if q == 1.0:
+        return t_mid * grid / mid
+    return t_mid * np.exp((1 - q) * (grid - mid))
 
 
 def plot_escape_steps(cfg: EscapeStudyConfig, results: dict[str, Any], path: Path) -> None:
@@ -549,10 +559,9 @@ def plot_escape_steps(cfg: EscapeStudyConfig, results: dict[str, Any], path: Pat
                 grid = np.linspace(xs.min(), xs.max(), 20)
                 ax.plot(np.exp(grid), np.exp(fit["intercept"] + fit["slope"] * grid),
                         color=colors[opt], label=f"{opt}: b = {fit['slope']:.2f}")  # fmt: skip
-                mid = grid.mean()
-                y_mid = fit["intercept"] + fit["slope"] * mid
-                ax.plot(np.exp(grid), np.exp(y_mid + (1 - q) * (grid - mid)), "--",
-                        color=colors[opt], alpha=0.6, label=f"theory 1 - q = {1 - q:.2f}")  # fmt: skip
+                ax.plot(np.exp(grid), theory_curve(q, grid, fit), "--", color=colors[opt],
+                        alpha=0.6, label="theory: " + ("T ~ log(1/p0)" if q == 1 else
+                                                        f"T ~ p0^-{1 - q:g}"))  # fmt: skip
             else:
                 ax.scatter([], [], color=colors[opt], label=f"{opt}: slope not identified")
         ax.set_xscale("log")

@@ -86,7 +86,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--threshold-log-p",
         type=float,
-        help=f"escape: probe mean log P-hat >= this (default: {d.threshold_log_p:.4f} = log 0.1)",
+        help=f"escape: probe mean log P-hat >= this (default: {d.threshold_log_p:g}, P-hat ~ 0.007, the cold-start notes' mark)",
     )
     p.add_argument(
         "--p1-threshold",
