@@ -469,10 +469,32 @@ def get_task(name: str, **options: Any) -> Task:
     key, _, spec = name.partition(":")
     if spec and f"{key}:" in _TASKS:
         return _TASKS[f"{key}:"](spec, **options)
+    base, qmark, query = name.partition("?")
+    if qmark and base in _TASKS:  # "chainsum?dial=3&num_operands=5": options in the name
+        try:
+            return _TASKS[base](**{**_name_options(name, query), **options})
+        except TypeError as exc:  # an option the task does not take
+            raise ValueError(f"task {name!r}: {exc}") from None
     if name not in _TASKS:
         known = ", ".join(sorted(k + ("<name>" if k.endswith(":") else "") for k in _TASKS))
         raise ValueError(f"unknown task {name!r}; known: {known}")
     return _TASKS[name](**options)
+
+
+def _name_options(name: str, query: str) -> dict[str, Any]:
+    """ "k=v&k2=v2" -> {"k": v, ...} with YAML scalars (3 -> int, 0.5 -> float, else str)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for part in filter(None, query.split("&")):
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"task {name!r}: bad option {part!r}; expected key=value")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
 
 
 def list_tasks() -> list[str]:

@@ -9,6 +9,11 @@ The warm form (and six other surface forms of the input) is what the base model 
 The cold form is the same problem linearised (no `Q:`, no `=?`, spaces between operands) with a gold
 answer in a form the base model never produces: the digits of the sum reversed, with no `A:`. The
 answer needs the intermediate sums, so the rationale matters. Everything is generated from a seed.
+
+The difficulty dial `chainsum?dial=D` (D = 0..4, `DIAL_FORMS`) keeps the cold prompt and picks how
+far the gold answer departs from the warm `A:<sum>`, which sets the base model's initial success
+probability p0 (measured from ~1 down to ~1e-17); dial 3 is the default cold answer. It drives
+`tsallis-rl study escape`. Without `dial`, `answer_form` chooses reversed (default) or warm.
 """
 
 from __future__ import annotations
@@ -25,6 +30,20 @@ ALPHABET = "0123456789+=?:;QA "
 SURFACE_FORMS = [(p, s, x) for p in ("Q:", "") for s in ("+", " ") for x in ("=?", "")]
 COLD_FORM = ("", " ", "")
 WARM_FORM = ("Q:", "+", "=?")
+
+
+# The difficulty dial: gold-answer templates ({s} = the sum, {r} = its digits reversed), each one a
+# further departure from the warm answer `A:<sum>` that the base model writes: drop ':', drop 'A:',
+# reverse the digits (dial 3 = the default cold answer), write them twice. The prompt stays cold.
+# Initial mean log P-hat measured with the default base model (cold prompt, 64 validation problems
+# x 8 rationales, seeds 0 / 1, one 2-core CPU): dial 0: -0.04 / -0.07, 1: -12.5 / -13.3,
+# 2: -18.2 / -19.3, 3: -25.7 / -25.3, 4: -39.7 / -40.0, i.e. p0 from ~1 through 1e-5 to 1e-17.
+DIAL_FORMS: tuple[str, ...] = ("A:{s}", "A{s}", "{s}", "{r}", "{r}{r}")
+
+
+def answer_for_dial(total: int, dial: int) -> str:
+    """The gold answer of dial setting `dial` for a problem whose sum is `total`."""
+    return DIAL_FORMS[dial].format(s=total, r=str(total)[::-1])
 
 
 def rationale(operands: list[int]) -> str:
@@ -64,14 +83,31 @@ class ChainSumTask(Task):
     eval_match = "exact"  # answers are short numbers: substring match would reward '102' for '02'
 
     def __init__(
-        self, num_operands: int = 4, low: int = 1, high: int = 9, answer_form: str = "reversed"
+        self,
+        num_operands: int = 4,
+        low: int = 1,
+        high: int = 9,
+        answer_form: str = "reversed",
+        dial: int | None = None,
     ) -> None:
+        for key, value in (("num_operands", num_operands), ("low", low), ("high", high)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"chainsum: {key} must be an integer, got {value!r}")
         if num_operands < 2 or not (0 <= low <= high <= 9):
             raise ValueError("chainsum needs num_operands >= 2 and 0 <= low <= high <= 9")
         if answer_form not in ("reversed", "warm"):
             raise ValueError(f"answer_form must be 'reversed' or 'warm', got {answer_form!r}")
+        if dial is not None and (
+            not isinstance(dial, int) or isinstance(dial, bool) or not 0 <= dial < len(DIAL_FORMS)
+        ):
+            raise ValueError(
+                f"chainsum: dial must be an integer in 0..{len(DIAL_FORMS) - 1}, got {dial!r}"
+            )
         self.spec = ChainSumSpec(num_operands, low, high)
         self.answer_form = answer_form
+        self.dial = dial
+        if dial is not None:
+            self.name = f"chainsum?dial={dial}"
 
     def _problem(self, rng: random.Random) -> list[int]:
         return [rng.randint(self.spec.low, self.spec.high) for _ in range(self.spec.num_operands)]
@@ -81,9 +117,15 @@ class ChainSumTask(Task):
         return Example(
             id=idx,
             question=" ".join(map(str, operands)),
-            answer=str(total)[::-1] if self.answer_form == "reversed" else f"A:{total}",
+            answer=self.render_answer(total),
             meta={"operands": operands, "sum": total, "rationale": rationale(operands)},
         )
+
+    def render_answer(self, total: int) -> str:
+        """The gold answer y*: the dial's form, else `answer_form` (reversed digits or `A:<sum>`)."""
+        if self.dial is not None:
+            return answer_for_dial(total, self.dial)
+        return str(total)[::-1] if self.answer_form == "reversed" else f"A:{total}"
 
     def load(
         self,
@@ -105,8 +147,13 @@ class ChainSumTask(Task):
         val_size: int = 50,
         test_size: int = 200,
         seed: int = 0,
+        skip_invalid: bool = False,
     ) -> dict[str, list[Example]]:
-        """Disjoint seeded train/val/test problem sets (no operand tuple appears in two splits)."""
+        """Disjoint seeded train/val/test problem sets (no operand tuple appears in two splits).
+
+        Takes the file tasks' keywords; `skip_invalid` has nothing to skip (problems are generated,
+        never invalid) and `path` is ignored.
+        """
         rng = random.Random(seed)
         seen: set[tuple[int, ...]] = set()
         out: dict[str, list[Example]] = {}
