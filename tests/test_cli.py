@@ -38,3 +38,16 @@ def test_every_subcommand_speaks_one_vocabulary():
         assert "--data" in _options(leaves[name]), name
     regimes = [n for n, p in leaves.items() if "--regime" in _options(p)]
     assert {"tsallis-rl export verl", "tsallis-rl data stats", "tsallis-rl eval"} <= set(regimes)
+
+
+def test_user_errors_are_one_line_also_under_python_dash_m(tmp_path):
+    """`python -m tsallis_rl.cli` runs cli.py as __main__: the commands' UserError must still count."""
+    import subprocess
+    import sys
+
+    argv = ["study", "escape", "--out", str(tmp_path / "x"), "--q", "2"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "tsallis_rl.cli", *argv], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "q must lie in [0, 1]" in proc.stderr and not (tmp_path / "x").exists()

@@ -15,8 +15,11 @@ import typing
 from tsallis_rl import __version__, commands
 
 
-class UserError(Exception):
-    """An error in what the user asked for (bad flag, bad file): printed without a traceback."""
+class UserError(ValueError):
+    """An error in what the user asked for (bad flag, bad file): printed without a traceback.
+
+    A ValueError, so it is caught as one even when this module runs as `python -m tsallis_rl.cli`
+    (then the commands' `tsallis_rl.cli.UserError` is another class than `__main__.UserError`)."""
 
 
 class Parser(argparse.ArgumentParser):
