@@ -191,7 +191,7 @@ def test_an_out_path_that_looks_like_code_is_never_executed_by_the_reward_fn(tmp
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert not (out / "PWNED").exists()
-    assert module.SETTINGS["task"] == "jsonl" and module.SETTINGS["regime"] == "warm"
+    assert module.SETTINGS["task"] == "jsonl" and module.SETTINGS["regime"] == "cold"  # the default
 
 
 def test_re_export_removes_split_files_the_new_export_does_not_write(tmp_path):
