@@ -77,8 +77,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--limit",
         type=int,
         default=None,
-        help="at most this many examples of the split (0 = all; default: the split's size, "
-        "val_size / test_size of the run or of train's defaults)",
+        help="at most this many examples of the split (0 = no cap beyond the split's own size: "
+        "the run's val_size / test_size, or train's defaults; default: 200 without --run, the "
+        "whole split with --run). --split all takes every example of --data",
     )
     opt("--temperature", "eval_temperature", "sampling temperature", type=finite_float)
     opt("--thinking-budget", "thinking_budget", "max rationale tokens", type=int)
