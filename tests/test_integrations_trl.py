@@ -545,7 +545,7 @@ def test_answer_prefix_defaults_to_the_own_trainers_rule(tok, template):
 
     from tsallis_rl.config import TrainConfig
     from tsallis_rl.tasks import get_task
-    from tsallis_rl.trainer import Encoder
+    from tsallis_rl.prompts import PromptFormatter
 
     tk = copy.deepcopy(tok)
     tk.chat_template = template
@@ -553,7 +553,7 @@ def test_answer_prefix_defaults_to_the_own_trainers_rule(tok, template):
         tiny_model(tk), reward_funcs=exact_match, args=TsallisGRPOConfig(**common_args()),
         train_dataset=dataset(), processing_class=tk,
     )  # fmt: skip
-    own = Encoder.build(tk, get_task("chainsum"), TrainConfig(task="chainsum"))
+    own = PromptFormatter.build(tk, get_task("chainsum"), TrainConfig(task="chainsum"))
     assert trainer._tsallis_answer_prefix == own.answer_prefix == ("\n\n" if template else "")
 
 
