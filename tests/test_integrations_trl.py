@@ -544,8 +544,8 @@ def test_answer_prefix_defaults_to_the_own_trainers_rule(tok, template):
     import copy
 
     from tsallis_rl.config import TrainConfig
-    from tsallis_rl.tasks import get_task
     from tsallis_rl.prompts import PromptFormatter
+    from tsallis_rl.tasks import get_task
 
     tk = copy.deepcopy(tok)
     tk.chat_template = template

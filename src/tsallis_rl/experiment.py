@@ -423,7 +423,7 @@ def _combined_progress(
         done, running = wait(list(futures.values()), timeout=2.0, return_when=FIRST_EXCEPTION)
         now = {tag: max(now[tag], _last_step(out / tag)) for tag in steps}
         bar.update(sum(now.values()) - bar.n)
-        bar.set_postfix_str("  ".join(f"{t} {now[t]}/{n}" for t, n in steps.items()))
+        bar.set_postfix_str("  ".join(f"{t} {now[t]}/{n}" for t, n in steps.items()), refresh=False)
         if not running or any(f.exception() for f in done):
             break
     bar.close()
