@@ -11,11 +11,10 @@ import dataclasses
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tsallis_rl.config import TrainConfig
 from tsallis_rl.estimators import get_estimator_spec, list_estimators
-from tsallis_rl.experiment import make_splits
+from tsallis_rl.experiment import build_trainer
 from tsallis_rl.gradient import (
     answer_token_logps,
     apply_gradient,
@@ -24,7 +23,6 @@ from tsallis_rl.gradient import (
     stack_rows,
 )
 from tsallis_rl.rollout import ANSWER, PROMPT, RATIONALE
-from tsallis_rl.tasks import get_task
 from tsallis_rl.trainer import Trainer
 
 B, M = 2, 4
@@ -37,16 +35,7 @@ def _trainer(tmp_path, model_dir, **overrides) -> Trainer:
         out=str(tmp_path), threads=1,
     )  # fmt: skip
     cfg = dataclasses.replace(cfg, **overrides).validate()
-    task = get_task("chainsum")
-    return Trainer(
-        cfg,
-        model=AutoModelForCausalLM.from_pretrained(model_dir),
-        tokenizer=AutoTokenizer.from_pretrained(model_dir),
-        task=task,
-        splits=make_splits(task, cfg),
-        run_dir=tmp_path,
-        device=torch.device("cpu"),
-    )
+    return build_trainer(cfg, tmp_path)
 
 
 def _naive(model, rollouts):

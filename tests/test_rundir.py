@@ -16,13 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from tsallis_rl import rundir
 from tsallis_rl.cli import main
 from tsallis_rl.config import ConfigError, TrainConfig
-from tsallis_rl.experiment import make_splits
-from tsallis_rl.tasks import get_task
+from tsallis_rl.experiment import build_trainer
 from tsallis_rl.trainer import Trainer
 
 MARKER = {"format": "tsallis-rl run", "version": 1}
@@ -54,17 +53,7 @@ def _trainer(run_dir: Path, model_dir: Path, accelerator=None, **overrides) -> T
         out=str(run_dir), threads=1, steps=2, eval_every=0,
     )  # fmt: skip
     cfg = dataclasses.replace(cfg, **overrides).validate()
-    task = get_task("chainsum")
-    return Trainer(
-        cfg,
-        model=AutoModelForCausalLM.from_pretrained(model_dir),
-        tokenizer=AutoTokenizer.from_pretrained(model_dir),
-        task=task,
-        splits=make_splits(task, cfg),
-        run_dir=run_dir,
-        device=torch.device("cpu"),
-        accelerator=accelerator,
-    )
+    return build_trainer(cfg, run_dir, accelerator=accelerator)
 
 
 # -- item 1: --overwrite --------------------------------------------------------------------------

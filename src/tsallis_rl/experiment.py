@@ -438,6 +438,28 @@ def _last_step(run_dir: Path) -> int:
     return max((int(r.get("step", 0)) for r in rows if r.get("kind") == "train"), default=0)
 
 
+def build_trainer(
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    model_path: str | None = None,
+    accelerator: Any = None,
+    position: int = 0,
+) -> Trainer:
+    """A Trainer for one run of `cfg` (model from `model_path`, else cfg.model), not yet fitted."""
+    task = get_task(cfg.task)
+    splits = make_splits(task, cfg)
+    device, dtype = resolve_device(cfg)
+    torch.manual_seed(cfg.seed)
+    model_cfg = cfg if model_path is None else dataclasses.replace(cfg, model=model_path)
+    model, tokenizer = load_model(model_cfg, device, dtype)
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    return Trainer(
+        cfg, model=model, tokenizer=tokenizer, task=task, splits=splits, run_dir=Path(run_dir),
+        device=device, accelerator=accelerator, bar_position=position,
+    )  # fmt: skip
+
+
 def train_run(
     cfg_dict: dict[str, Any],
     model_path: str,
@@ -447,24 +469,10 @@ def train_run(
     accelerator: Any = None,
 ) -> dict[str, Any]:
     """Train one run (picklable entry point for worker processes); returns its final.json content."""
-    cfg = TrainConfig(**cfg_dict)
     torch.set_num_threads(threads)
-    task = get_task(cfg.task)
-    splits = make_splits(task, cfg)
-    device, dtype = resolve_device(cfg)
-    torch.manual_seed(cfg.seed)
-    model, tokenizer = load_model(dataclasses.replace(cfg, model=model_path), device, dtype)
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(
-        cfg,
-        model=model,
-        tokenizer=tokenizer,
-        task=task,
-        splits=splits,
-        run_dir=Path(run_dir),
-        device=device,
-        accelerator=accelerator,
-        bar_position=position,
+    cfg = TrainConfig(**cfg_dict)
+    trainer = build_trainer(
+        cfg, run_dir, model_path=model_path, accelerator=accelerator, position=position
     )
     return trainer.fit()
 
