@@ -108,7 +108,7 @@ def test_resume_refuses_a_changed_config_naming_each_field_and_both_values(
     argv = ["train", "--out", str(out), "--resume", "--lr", "0.5", "--seed", "3"]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "lr: saved 0.0001, now 0.5" in err and "seed: saved 0, now 3" in err
+    assert f"lr: saved {TrainConfig().lr!r}, now 0.5" in err and "seed: saved 0, now 3" in err
     assert (out / "config.yaml").read_text() == saved
     assert "Traceback" not in err
 
