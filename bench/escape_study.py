@@ -1,13 +1,14 @@
 """Benchmark study: the escape-time scaling of GARL in the trained chain-sum network (issue 14).
 
 Runs `tsallis-rl study escape` at a size the 2-core machine finishes in about an hour (the `hour`
-preset: q = 0.5, 0.75, 1 x 4 dial settings x SGD and Adam x 1 seed, 2 worker processes), then
+preset: q = 0.5, 0.75, 1 x 4 dial settings x SGD and Adam x seeds 0, 1, 2, 2 worker processes;
+72 runs, ~13 min per seed on an idle 2-core machine), then
 prints the measured tables: initial log P-hat per dial, the slope of log(escape step) against
 log(1/p0) per (q, optimiser) with its bootstrap interval beside the theory's 1 - q, and every run.
 `--preset small` is a minutes-long check that the pipeline works (2 q x 4 dials x SGD, 30 steps).
 Finished runs are kept (--resume), so an interrupted study continues where it stopped.
 
-    python bench/escape_study.py --out runs/escape-hour              # ~1 hour on 2 cores
+    python bench/escape_study.py --out runs/escape-hour              # ~40 min on 2 idle cores
     python bench/escape_study.py --preset small --out /tmp/escape-small
     python bench/escape_study.py --out runs/x -- --lr sgd=0.05       # extra study flags after --
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 
 PRESETS = {
     "hour": [
-        "--q", "0.5,0.75,1", "--dial", "1,2,3,4", "--optimizers", "sgd,adam",
+        "--q", "0.5,0.75,1", "--dial", "1,2,3,4", "--optimizers", "sgd,adam", "--seeds", "0,1,2",
         "--steps", "200", "--eval-every", "5", "--probe-size", "16", "--eval-k", "4",
     ],
     "small": [

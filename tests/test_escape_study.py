@@ -101,6 +101,20 @@ def test_fit_group_on_loglog_recovers_the_q1_law():
     assert abs(res["slope"] - 1.0) < 0.05
 
 
+def test_fit_group_needs_escapes_at_two_dial_settings_when_dials_are_given():
+    """Two seeds of dial 1 escape (their p0 differ a little), dials 2-3 never do: no slope."""
+    x = np.array([12.5, 14.5, 21.6, 22.1, 26.5, 27.1])
+    times = [EscapeTime(80, 75.0, 80.0, False), EscapeTime(90, 85.0, 90.0, False)]
+    times += [EscapeTime(200, 200.0, np.inf, True)] * 4
+    dials = np.array([1, 1, 2, 2, 3, 3])
+    res = fit_group(x, times, "log_inv_p0", n_boot=20, seed=0, settings=dials)
+    assert res["slope"] is None and res["settings_escaped"] == 1
+    assert fit_group(x, times, "log_inv_p0", n_boot=20, seed=0)["slope"] is not None
+    times[2] = EscapeTime(150, 145.0, 150.0, False)  # one dial-2 run escapes too
+    res = fit_group(x, times, "log_inv_p0", n_boot=20, seed=0, settings=dials)
+    assert res["slope"] is not None and res["settings_escaped"] == 2
+
+
 def test_fit_group_leaves_out_runs_escaped_before_start():
     times = [EscapeTime(0, 0.0, 0.0, False, before_start=True)] + [
         EscapeTime(int(10 * v), 10 * v - 1, 10 * v, False) for v in (2.0, 4.0, 8.0)

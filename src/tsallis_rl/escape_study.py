@@ -192,12 +192,20 @@ REGRESSORS = {
 
 
 def fit_group(
-    log_inv_p0: np.ndarray, times: list[EscapeTime], regressor: str, *, n_boot: int, seed: int
+    log_inv_p0: np.ndarray,
+    times: list[EscapeTime],
+    regressor: str,
+    *,
+    n_boot: int,
+    seed: int,
+    settings: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Censored fit + bootstrap of log escape step against one regressor of log(1/p0), [N] runs.
 
     Runs that escaped before their first record or whose p0 is not < 1 carry no slope information
-    at the log scale and are left out (counted in `excluded`).
+    at the log scale and are left out (counted in `excluded`). `settings` [N] (the dial of each
+    run): when given, the slope counts as identified only if runs escaped at two or more settings,
+    since seeds of one dial differ in p0 by too little to carry a slope on their own.
     """
     x_all = np.asarray(log_inv_p0, dtype=float)
     keep = np.array([not t.before_start for t in times]) & (x_all > 0)
@@ -206,9 +214,13 @@ def fit_group(
     kept = [t for t, k in zip(times, keep) if k]
     x = REGRESSORS[regressor](x_all[keep])
     lo, hi = log_interval(kept)
-    fit = censored_fit(x, lo, hi) if kept else None
+    escaped = keep & np.array([not t.censored for t in times], dtype=bool)
+    n_settings = None if settings is None else int(np.unique(np.asarray(settings)[escaped]).size)
+    identified = bool(kept) and (n_settings is None or n_settings >= 2)
+    fit = censored_fit(x, lo, hi) if identified else None
     out: dict[str, Any] = {
         "regressor": regressor,
+        "settings_escaped": n_settings,
         "n": int(keep.sum()),
         "excluded": int((~keep).sum()),
         "n_censored": int(sum(t.censored for t in kept)),
@@ -411,11 +423,14 @@ def analyse(cfg: EscapeStudyConfig, out: Path) -> dict[str, Any]:
         for q in cfg.q:
             group = [r for r in runs if r["q"] == q and r["optimizer"] == opt]
             log_inv_p0 = np.array([-r["initial_log_p"] for r in group])
+            dials = np.array([r["dial"] for r in group])
             for criterion in ("escape_log_p", "escape_p1"):
                 times = [EscapeTime(**r[criterion]) for r in group]
                 regressors = ["log_inv_p0"] + (["loglog_inv_p0"] if q == 1.0 else [])
                 for reg in regressors:
-                    res = fit_group(log_inv_p0, times, reg, n_boot=cfg.bootstrap, seed=0)
+                    res = fit_group(
+                        log_inv_p0, times, reg, n_boot=cfg.bootstrap, seed=0, settings=dials
+                    )
                     fits.append(
                         {"q": q, "optimizer": opt, "criterion": criterion,
                          "theory_slope": theory_slope(q, reg), **res}
