@@ -11,6 +11,7 @@ import pytest
 
 from tsallis_rl.escape_study import (
     EscapeTime,
+    bootstrap_slope,
     censored_fit,
     escape_time,
     fit_group,
@@ -113,6 +114,17 @@ def test_fit_group_needs_escapes_at_two_dial_settings_when_dials_are_given():
     times[2] = EscapeTime(150, 145.0, 150.0, False)  # one dial-2 run escapes too
     res = fit_group(x, times, "log_inv_p0", n_boot=20, seed=0, settings=dials)
     assert res["slope"] is not None and res["settings_escaped"] == 2
+
+
+def test_bootstrap_drops_resamples_whose_escapes_fall_in_one_dial():
+    """Without groups, a resample holding only the two dial-1 escapes still 'fits' a slope."""
+    x = np.array([12.5, 14.5, 21.6, 26.5, 27.1])
+    lo, hi = np.log([75.0, 85.0, 145.0, 200.0, 200.0]), np.log([80.0, 90.0, 150.0, np.inf, np.inf])
+    dials = np.array([1, 1, 2, 3, 3])
+    grouped = bootstrap_slope(x, lo, hi, n_boot=200, seed=0, groups=dials)
+    plain = bootstrap_slope(x, lo, hi, n_boot=200, seed=0)
+    assert grouped["n_valid"] < plain["n_valid"]
+    assert censored_fit(x[[0, 1, 3]], lo[[0, 1, 3]], hi[[0, 1, 3]], groups=dials[[0, 1, 3]]) is None
 
 
 def test_fit_group_leaves_out_runs_escaped_before_start():

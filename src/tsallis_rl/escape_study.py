@@ -110,19 +110,26 @@ class SlopeFit:
 
 
 def censored_fit(
-    x: np.ndarray, lo: np.ndarray, hi: np.ndarray, *, min_sigma: float = 1e-3
+    x: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    *,
+    groups: np.ndarray | None = None,
+    min_sigma: float = 1e-3,
 ) -> SlopeFit | None:
     """Maximum-likelihood (interval-censored Tobit) fit of log T = a + b x + N(0, s^2).
 
     x, lo, hi [N]: regressor and the log-step interval that holds each run's log escape step.
-    Returns None when the slope is not identified: fewer than two distinct x among the runs whose
-    escape was observed (all censored, or every observed escape at one dial setting).
+    groups [N] (default x): the setting each run belongs to, e.g. its dial. Returns None when the
+    slope is not identified: the runs whose escape was observed span fewer than two groups (all
+    censored, or every observed escape at one dial setting, whose seeds differ in p0 by too little
+    to carry a slope on their own).
     """
     from scipy.optimize import minimize
 
     x, lo, hi = (np.asarray(v, dtype=float) for v in (x, lo, hi))
     seen = np.isfinite(hi)
-    if np.unique(x[seen]).size < 2:
+    if np.unique(np.asarray(x if groups is None else groups)[seen]).size < 2:
         return None
     # start: least squares on the interval midpoints (censored ones at their bound)
     mid = np.where(np.isfinite(lo) & np.isfinite(hi), (lo + hi) / 2, np.where(seen, hi, lo))
@@ -148,17 +155,20 @@ def bootstrap_slope(
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    groups: np.ndarray | None = None,
 ) -> dict[str, float | int | None]:
     """Percentile bootstrap interval of the censored-fit slope, resampling runs with replacement.
 
-    Resamples in which the slope is not identified are dropped and counted (`n_valid`).
+    Resamples in which the slope is not identified (see `censored_fit`'s groups) are dropped and
+    counted (`n_valid`).
     """
     x, lo, hi = (np.asarray(v, dtype=float) for v in (x, lo, hi))
+    groups = x if groups is None else np.asarray(groups)
     rng = np.random.default_rng(seed)
     slopes = []
     for _ in range(n_boot):
         idx = rng.integers(0, x.size, x.size)
-        fit = censored_fit(x[idx], lo[idx], hi[idx])
+        fit = censored_fit(x[idx], lo[idx], hi[idx], groups=groups[idx])
         if fit is not None:
             slopes.append(fit.slope)
     if len(slopes) < max(10, n_boot // 10):
@@ -204,8 +214,7 @@ def fit_group(
 
     Runs that escaped before their first record or whose p0 is not < 1 carry no slope information
     at the log scale and are left out (counted in `excluded`). `settings` [N] (the dial of each
-    run): when given, the slope counts as identified only if runs escaped at two or more settings,
-    since seeds of one dial differ in p0 by too little to carry a slope on their own.
+    run), when given, are `censored_fit`'s groups: escapes at two or more settings identify a slope.
     """
     x_all = np.asarray(log_inv_p0, dtype=float)
     keep = np.array([not t.before_start for t in times]) & (x_all > 0)
@@ -214,13 +223,12 @@ def fit_group(
     kept = [t for t, k in zip(times, keep) if k]
     x = REGRESSORS[regressor](x_all[keep])
     lo, hi = log_interval(kept)
-    escaped = keep & np.array([not t.censored for t in times], dtype=bool)
-    n_settings = None if settings is None else int(np.unique(np.asarray(settings)[escaped]).size)
-    identified = bool(kept) and (n_settings is None or n_settings >= 2)
-    fit = censored_fit(x, lo, hi) if identified else None
+    groups = x if settings is None else np.asarray(settings)[keep]
+    fit = censored_fit(x, lo, hi, groups=groups) if kept else None
+    escaped = np.isfinite(hi)
     out: dict[str, Any] = {
         "regressor": regressor,
-        "settings_escaped": n_settings,
+        "settings_escaped": int(np.unique(groups[escaped]).size),
         "n": int(keep.sum()),
         "excluded": int((~keep).sum()),
         "n_censored": int(sum(t.censored for t in kept)),
@@ -228,7 +236,7 @@ def fit_group(
         "intercept": fit.intercept if fit else None,
         "sigma": fit.sigma if fit else None,
     }
-    boot = bootstrap_slope(x, lo, hi, n_boot=n_boot, seed=seed) if fit else {}
+    boot = bootstrap_slope(x, lo, hi, n_boot=n_boot, seed=seed, groups=groups) if fit else {}
     out["ci_low"], out["ci_high"] = boot.get("low"), boot.get("high")
     out["n_boot_valid"] = boot.get("n_valid", 0)
     return out
