@@ -41,7 +41,7 @@ def test_every_subcommand_speaks_one_vocabulary():
 
 
 def test_user_errors_are_one_line_also_under_python_dash_m(tmp_path):
-    """`python -m tsallis_rl.cli` runs cli.py as __main__: the commands' UserError must still count."""
+    """`python -m tsallis_rl.cli` runs cli.py as __main__: the commands' UserErrors still count."""
     import subprocess
     import sys
 
@@ -51,3 +51,34 @@ def test_user_errors_are_one_line_also_under_python_dash_m(tmp_path):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "q must lie in [0, 1]" in proc.stderr and not (tmp_path / "x").exists()
+
+
+def test_a_bug_inside_the_core_keeps_its_traceback_and_is_not_a_user_error(tmp_path):
+    """A ValueError raised inside the core (a shape bug, say) is not a user mistake: `tsallis-rl
+    train` shows its traceback and exits with another status than 2 (the user-error status)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from tsallis_rl.tasks.chainsum import ChainSumTask\n"
+        "def broken(self, *a, **k):\n"
+        "    raise ValueError('shape mismatch inside the core')\n"
+        "ChainSumTask.splits = broken\n"
+        "from tsallis_rl.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    argv = ["train", "--estimator", "garl", "--steps", "1", "--out", str(tmp_path / "run")]
+    proc = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True)
+    assert proc.returncode not in (0, 2), proc.stderr
+    assert "Traceback" in proc.stderr and "shape mismatch inside the core" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_user_errors_are_one_family():
+    """Every kind of user mistake is a UserError, which the CLI alone turns into status 2."""
+    from tsallis_rl import errors
+
+    kinds = [errors.ConfigError, errors.RecipeError, errors.DataError, errors.CheckpointError]
+    for kind in [*kinds, errors.ModelError]:
+        assert issubclass(kind, errors.UserError), kind

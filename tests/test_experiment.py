@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from tsallis_rl.cli import main
-from tsallis_rl.config import ConfigError, TrainConfig
+from tsallis_rl.config import TrainConfig
+from tsallis_rl.errors import ConfigError, ModelError
 from tsallis_rl.experiment import check_lengths, locate_model, tokenizer_source
 from tsallis_rl.tasks import get_task
 
@@ -18,7 +19,7 @@ from tsallis_rl.tasks import get_task
 def test_an_unknown_hub_name_offline_fails_at_once_saying_what_was_tried(monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     t0 = time.time()
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(ModelError) as err:
         locate_model("no-such-org/no-such-model")
     msg = str(err.value)
     assert "no-such-org/no-such-model" in msg and "local Hugging Face cache" in msg
@@ -30,13 +31,13 @@ def test_an_unreachable_hub_is_probed_briefly_not_waited_on(monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
     monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")
     t0 = time.time()
-    with pytest.raises(ConfigError, match="unreachable"):
+    with pytest.raises(ModelError, match="unreachable"):
         locate_model("no-such-org/no-such-model")
     assert time.time() - t0 < 10
 
 
 def test_a_directory_without_config_json_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match="config.json"):
+    with pytest.raises(ModelError, match="config.json"):
         locate_model(str(tmp_path))
 
 
@@ -52,7 +53,7 @@ def _checkpoint(run: Path, model_dir: Path) -> Path:
 
 def test_a_checkpoint_folder_takes_its_tokenizer_from_its_run(tmp_path, tiny_model_dir):
     ckpt = _checkpoint(tmp_path / "run", tiny_model_dir)
-    with pytest.raises(ConfigError, match="best"):
+    with pytest.raises(ModelError, match="best"):
         tokenizer_source(str(ckpt))  # no best/, no run config: refuse with a pointer
     (ckpt.parents[1] / "config.yaml").write_text(yaml.safe_dump({"model": str(tiny_model_dir)}))
     assert tokenizer_source(str(ckpt)) == str(tiny_model_dir)  # the run's base model

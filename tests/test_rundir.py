@@ -20,7 +20,8 @@ from transformers import AutoModelForCausalLM
 
 from tsallis_rl import rundir
 from tsallis_rl.cli import main
-from tsallis_rl.config import ConfigError, TrainConfig
+from tsallis_rl.config import TrainConfig
+from tsallis_rl.errors import CheckpointError, ConfigError, DataError, ModelError
 from tsallis_rl.experiment import build_trainer
 from tsallis_rl.trainer import Trainer
 
@@ -165,7 +166,7 @@ def test_when_every_checkpoint_is_torn_the_error_names_the_files(tmp_path, tiny_
     again = _trainer(tmp_path, tiny_model_dir, resume=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(ConfigError, match="model.safetensors"):
+        with pytest.raises(CheckpointError, match="model.safetensors"):
             again.load_checkpoint()
 
 
@@ -178,7 +179,7 @@ def test_weights_of_another_architecture_are_a_clear_error(tmp_path, tiny_model_
     tr.save_checkpoint()
     wider = save_tiny_model(tmp_path / "wide", ALPHABET, hidden_size=48, num_layers=2, num_heads=2)
     other = _trainer(tmp_path / "run", wider, resume=True)
-    with pytest.raises(ConfigError, match="another architecture"):
+    with pytest.raises(ModelError, match="another architecture"):
         other.load_checkpoint()
 
 
@@ -187,9 +188,9 @@ def test_missing_and_unexpected_weights_are_errors_naming_the_checkpoint(tiny_mo
     state = {k: v.clone() for k, v in model.state_dict().items()}
     gone = next(k for k in state if "layers.1" in k)
     partial = {k: v for k, v in state.items() if k != gone}
-    with pytest.raises(ConfigError, match=f"ckpt-x.*missing {gone}"):
+    with pytest.raises(ModelError, match=f"ckpt-x.*missing {gone}"):
         rundir.load_weights(model, partial, Path("ckpt-x"))
-    with pytest.raises(ConfigError, match="unexpected extra.weight"):
+    with pytest.raises(ModelError, match="unexpected extra.weight"):
         rundir.load_weights(model, {**state, "extra.weight": torch.zeros(1)}, Path("ckpt-x"))
     tied = {k: v for k, v in state.items() if k != "lm_head.weight"}  # saved once when tied
     if model.config.tie_word_embeddings:
@@ -209,7 +210,7 @@ def test_read_jsonl_drops_a_torn_last_line_with_a_warning_naming_the_file(tmp_pa
 def test_read_jsonl_names_the_file_and_line_of_a_corrupt_record_inside(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1}\n{"st\n{"step": 3}\n')
-    with pytest.raises(ConfigError, match=r"metrics.jsonl, line 2"):
+    with pytest.raises(DataError, match=r"metrics.jsonl, line 2"):
         rundir.read_jsonl(path)
 
 

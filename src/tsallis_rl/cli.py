@@ -2,6 +2,9 @@
 
 Each module there defines `register(subparsers)` (adds its parser and sets `func`), so a new
 subcommand is a new file, never an edit here. Run `tsallis-rl --help` for the list.
+
+Errors: a `tsallis_rl.errors.UserError` (or a missing / wrong-kind path) is printed as one line
+and exits 2 (`--debug` shows its traceback); any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -13,13 +16,10 @@ import sys
 import typing
 
 from tsallis_rl import __version__, commands
+from tsallis_rl.errors import UserError
 
-
-class UserError(ValueError):
-    """An error in what the user asked for (bad flag, bad file): printed without a traceback.
-
-    A ValueError, so it is caught as one even when this module runs as `python -m tsallis_rl.cli`
-    (then the commands' `tsallis_rl.cli.UserError` is another class than `__main__.UserError`)."""
+# OSErrors that mean "the path you gave is wrong" (any other OSError is a fault, not a mistake)
+PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
 
 class Parser(argparse.ArgumentParser):
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except (UserError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+    except (UserError, *PATH_ERRORS) as exc:  # a user's mistake: one line, status 2
         if getattr(args, "debug", False):
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__  # one line, whatever it holds

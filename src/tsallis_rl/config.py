@@ -20,9 +20,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A bad configuration value; the message names the field (and file) at fault."""
+from tsallis_rl.errors import ConfigError
 
 
 def _opt(default: Any, help: str, choices: tuple | None = None, **kw: Any) -> Any:
@@ -535,12 +533,9 @@ def from_args(args: argparse.Namespace) -> TrainConfig:
 
 def _recipe_options(name: str) -> dict[str, Any]:
     """The options of the packaged recipe `name` (ConfigError naming the known ones if unknown)."""
-    from tsallis_rl.recipes import RecipeError, load_recipe
+    from tsallis_rl.recipes import load_recipe
 
-    try:
-        return dict(load_recipe(str(name)).options)
-    except RecipeError as exc:
-        raise ConfigError(f"recipe: {exc}") from None
+    return dict(load_recipe(str(name)).options)
 
 
 ESTIMATOR_OPTIONS = (

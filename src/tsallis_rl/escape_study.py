@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from tsallis_rl.errors import ConfigError
+
 # --------------------------------------------------------------------------------------------------
 # Pure functions: the detector and the censored fit
 
@@ -275,32 +277,34 @@ class EscapeStudyConfig:
     model: str | None = None
 
     def validate(self) -> EscapeStudyConfig:
-        """Raise ValueError naming the first bad grid value or option; returns self."""
+        """Raise ConfigError naming the first bad grid value or option; returns self."""
         if not self.q or not self.dials or not self.optimizers or not self.seeds:
-            raise ValueError(
+            raise ConfigError(
                 "every grid (--q, --dial, --optimizers, --seeds) needs at least one value"
             )
         bad_q = [q for q in self.q if not 0.0 <= q <= 1.0]
         if bad_q:
-            raise ValueError(f"--q: every q must lie in [0, 1], got {bad_q}")
+            raise ConfigError(f"--q: every q must lie in [0, 1], got {bad_q}")
         unknown = [o for o in self.optimizers if o not in OPTIMIZERS]
         if unknown:
-            raise ValueError(f"--optimizers: unknown {unknown}; known: {', '.join(OPTIMIZERS)}")
+            raise ConfigError(f"--optimizers: unknown {unknown}; known: {', '.join(OPTIMIZERS)}")
         missing = [o for o in self.optimizers if self.lr.get(o, 0) <= 0]
         if missing:
-            raise ValueError(f"--lr: no positive learning rate for {missing}")
+            raise ConfigError(f"--lr: no positive learning rate for {missing}")
         from tsallis_rl.tasks.chainsum import DIAL_FORMS
 
         bad_d = [d for d in self.dials if not 0 <= d < len(DIAL_FORMS)]
         if bad_d:
-            raise ValueError(f"--dial: settings {bad_d} outside 0..{len(DIAL_FORMS) - 1}")
+            raise ConfigError(f"--dial: settings {bad_d} outside 0..{len(DIAL_FORMS) - 1}")
         for name in ("steps", "eval_every", "probe_size", "eval_k", "workers", "threads"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
         if self.bootstrap < 0:
-            raise ValueError("--bootstrap must be >= 0")
+            raise ConfigError("--bootstrap must be >= 0")
         if self.model is not None and not Path(self.model).is_dir():
-            raise ValueError(f"--model {self.model}: no such folder (a saved chain-sum base model)")
+            raise ConfigError(
+                f"--model {self.model}: no such folder (a saved chain-sum base model)"
+            )
         for cfg in self.train_configs(Path(".")).values():
             cfg.validate("study")
         return self

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import torch
 
 from tsallis_rl.config import ConfigError, TrainConfig, looks_like_path, run_tag
+from tsallis_rl.errors import ModelError
 from tsallis_rl.estimators import get_estimator_spec
 from tsallis_rl.rundir import check_out, prepare_out, read_jsonl
 from tsallis_rl.tasks import Example, Task, get_task
@@ -41,7 +42,7 @@ def resolve_device(cfg: TrainConfig) -> tuple[torch.device, torch.dtype]:
 
 def locate_model(name: str) -> str:
     """A loadable reference for `name`: a local directory, or a hub id found in (or fetched into)
-    the local Hugging Face cache. Raises ConfigError saying what was tried and how to fix it.
+    the local Hugging Face cache. Raises ModelError saying what was tried and how to fix it.
 
     Fast when offline: the local cache is tried first (no network); the hub only when
     HF_HUB_OFFLINE is unset and a 3-second connection to it succeeds.
@@ -51,17 +52,14 @@ def locate_model(name: str) -> str:
     from tsallis_rl.tiny import ensure_tiny_model, is_tiny_model
 
     if is_tiny_model(name):  # built locally on first use (smoke recipes, tests): never the hub
-        try:
-            return str(ensure_tiny_model(name))
-        except ValueError as exc:
-            raise ConfigError(f"model: {exc}") from None
+        return str(ensure_tiny_model(name))
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
-            raise ConfigError(f"model: {name} is a directory without config.json (not an HF model)")
+            raise ModelError(f"model: {name} is a directory without config.json (not an HF model)")
         return str(path)
     if looks_like_path(name):
-        raise ConfigError(f"model: {name}: no such directory")
+        raise ModelError(f"model: {name}: no such directory")
     tried = [f"no local directory {name!r}", "not in the local Hugging Face cache"]
     try:
         AutoConfig.from_pretrained(name, local_files_only=True)
@@ -76,7 +74,7 @@ def locate_model(name: str) -> str:
         except (OSError, ValueError) as exc:
             reason = f"the hub refused it ({' '.join(str(exc).split())[:160]})"
     tried.append(reason)
-    raise ConfigError(
+    raise ModelError(
         f"model: cannot load {name!r}: {'; '.join(tried)}. Fix: pass a local model directory, "
         f"or download it where there is network (`hf download {name}`) and copy the cache "
         "(HF_HOME), or check the name's spelling and access rights"
@@ -111,7 +109,7 @@ def tokenizer_source(model_ref: str) -> str:
     if not path.is_dir() or any((path / f).exists() for f in _TOKENIZER_FILES):
         return model_ref
     if (path / "adapter_config.json").exists():
-        raise ConfigError(
+        raise ModelError(
             f"model: {path} holds LoRA adapters only; evaluate {path.parent.parent / 'best'} "
             "(the merged model) instead"
         )
@@ -127,7 +125,7 @@ def tokenizer_source(model_ref: str) -> str:
 
             return str(ensure_base_model(progress=False))
         return locate_model(str(base))
-    raise ConfigError(
+    raise ModelError(
         f"model: {path} has weights but no tokenizer and is not inside a run's checkpoints/; "
         "pass a folder with a tokenizer, e.g. RUN/<tag>/best"
     )
@@ -152,7 +150,7 @@ def load_tokenizer(model_ref: str) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"model: cannot load the tokenizer of {source}: {exc}") from None
+        raise ModelError(f"model: cannot load the tokenizer of {source}: {exc}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -175,7 +173,7 @@ def load_model(
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
     except OSError as exc:
-        raise ConfigError(f"model: cannot load the weights of {path}: {exc}") from None
+        raise ModelError(f"model: cannot load the weights of {path}: {exc}") from None
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = True

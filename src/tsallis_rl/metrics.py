@@ -39,6 +39,8 @@ from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from tsallis_rl.errors import ConfigError
+
 # --------------------------------------------------------------------------------------------
 # Official EM / F1 (HotpotQA, MuSiQue)
 
@@ -281,7 +283,7 @@ register_match_mode(
 
 def get_match_mode(name: str) -> MatchMode:
     if name not in MATCH_MODES:
-        raise ValueError(f"unknown match mode {name!r}; known: {', '.join(sorted(MATCH_MODES))}")
+        raise ConfigError(f"unknown match mode {name!r}; known: {', '.join(sorted(MATCH_MODES))}")
     return MATCH_MODES[name]
 
 
@@ -294,7 +296,7 @@ def resolve_match(task: Any, match: str) -> tuple[str, str]:
     if match in MATCHERS:
         return MATCH_MODES["default"].reward_name(task), match
     known = ", ".join([*sorted(MATCH_MODES), *sorted(MATCHERS)])
-    raise ValueError(f"unknown match {match!r}; known: {known}")
+    raise ConfigError(f"unknown match {match!r}; known: {known}")
 
 
 # --------------------------------------------------------------------------------------------

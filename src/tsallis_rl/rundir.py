@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tsallis_rl.config import ConfigError
+from tsallis_rl.errors import CheckpointError, ConfigError, DataError, ModelError
 
 MARKER = ".tsallis-rl-run"
 MARKER_VERSION = 1
@@ -51,10 +51,6 @@ RESUME_MAY_CHANGE = (
 )
 
 T = TypeVar("T")
-
-
-class CorruptCheckpoint(Exception):
-    """A checkpoint file that cannot be read (torn by a kill, truncated, corrupted)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -135,7 +131,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Records of an append-only JSONL log; [] if absent.
 
     A torn LAST line (a kill during an append) is dropped with a warning naming the file; a bad
-    line anywhere else is a ConfigError naming the file and line.
+    line anywhere else is a DataError naming the file and line.
     """
     path = Path(path)
     if not path.exists():
@@ -154,7 +150,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             if i == len(lines) - 1:  # no newline after it: the append was cut
                 warnings.warn(f"{path}: dropped a half-written last line ({exc})", stacklevel=2)
                 break
-            raise ConfigError(f"{path}, line {i + 1}: corrupt record: {exc}") from None
+            raise DataError(path, i + 1, None, f"corrupt record: {exc}") from None
         records.append(rec)
     return records
 
@@ -380,8 +376,8 @@ def checkpoint_dirs(ckpts: Path) -> list[Path]:
 def load_checkpoint(ckpts: Path, read: Callable[[Path], T]) -> tuple[Path, T] | None:
     """`read` the newest intact checkpoint: `latest` first, then step-N newest first.
 
-    `read` raises CorruptCheckpoint for a damaged file; that checkpoint is skipped with a warning
-    naming it. None if there is no checkpoint; a ConfigError if every one is damaged.
+    `read` raises CheckpointError for a damaged file; that checkpoint is skipped with a warning
+    naming it. None if there is no checkpoint; a CheckpointError if every one is damaged.
     """
     ckpts = Path(ckpts)
     order = checkpoint_dirs(ckpts)
@@ -395,11 +391,11 @@ def load_checkpoint(ckpts: Path, read: Callable[[Path], T]) -> tuple[Path, T] | 
     for ckpt in order:
         try:
             return ckpt, read(ckpt)
-        except CorruptCheckpoint as exc:
+        except CheckpointError as exc:
             problems.append(str(exc))
             warnings.warn(f"skipping damaged checkpoint {ckpt}: {exc}", stacklevel=2)
     if problems:
-        raise ConfigError(
+        raise CheckpointError(
             f"resume: no intact checkpoint in {ckpts}: "
             + "; ".join(problems)
             + " (--overwrite starts the run again)"
@@ -408,34 +404,34 @@ def load_checkpoint(ckpts: Path, read: Callable[[Path], T]) -> tuple[Path, T] | 
 
 
 def read_trainer_state(ckpt: Path) -> dict[str, Any]:
-    """trainer_state.pt of a checkpoint (weights_only); CorruptCheckpoint naming it if damaged."""
+    """trainer_state.pt of a checkpoint (weights_only); CheckpointError naming it if damaged."""
     import torch
 
     path = Path(ckpt) / "trainer_state.pt"
     if not path.is_file():
-        raise CorruptCheckpoint(f"{path} is missing")
+        raise CheckpointError(f"{path} is missing")
     try:
         state = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # torn zip, bad pickle, truncated tensor data
-        raise CorruptCheckpoint(f"{path} is damaged ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{path} is damaged ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or "step" not in state:
-        raise CorruptCheckpoint(f"{path} is not a trainer state")
+        raise CheckpointError(f"{path} is not a trainer state")
     return state
 
 
 def read_weights(ckpt: Path) -> dict[str, Any]:
-    """All tensors of a checkpoint's *.safetensors files; CorruptCheckpoint naming a damaged one."""
+    """All tensors of a checkpoint's *.safetensors files; CheckpointError naming a damaged one."""
     from safetensors.torch import load_file
 
     files = sorted(Path(ckpt).glob("*.safetensors"))
     if not files:
-        raise CorruptCheckpoint(f"no *.safetensors weights in {ckpt}")
+        raise CheckpointError(f"no *.safetensors weights in {ckpt}")
     state: dict[str, Any] = {}
     for f in files:
         try:
             state.update(load_file(str(f)))
         except Exception as exc:  # safetensors' own errors say nothing of the file
-            raise CorruptCheckpoint(f"{f} is damaged ({type(exc).__name__}: {exc})") from None
+            raise CheckpointError(f"{f} is damaged ({type(exc).__name__}: {exc})") from None
     return state
 
 
@@ -447,12 +443,12 @@ def load_weights(model: Any, state: dict[str, Any], source: Path) -> None:
         try:
             result = set_peft_model_state_dict(model, state)
         except RuntimeError as exc:
-            raise ConfigError(
+            raise ModelError(
                 f"{source}: weights do not fit the model: {_first_line(exc)}"
             ) from None
         unexpected = list(getattr(result, "unexpected_keys", []) or [])
         if unexpected:
-            raise ConfigError(f"{source}: unexpected adapter weights {_some(unexpected)}")
+            raise ModelError(f"{source}: unexpected adapter weights {_some(unexpected)}")
         return
     own = model.state_dict()
     shapes = [
@@ -461,7 +457,7 @@ def load_weights(model: Any, state: dict[str, Any], source: Path) -> None:
         if k in own and tuple(v.shape) != tuple(own[k].shape)
     ]
     if shapes:
-        raise ConfigError(
+        raise ModelError(
             f"{source}: saved weights have another architecture than the model: {_some(shapes)}"
         )
     unexpected = [k for k in state if k not in own]
@@ -469,7 +465,7 @@ def load_weights(model: Any, state: dict[str, Any], source: Path) -> None:
     # tied weights (lm_head = embeddings) are saved once: missing only if not shared with a loaded one
     missing = [k for k in own if k not in state and own[k].data_ptr() not in loaded_ptrs]
     if unexpected or missing:
-        raise ConfigError(
+        raise ModelError(
             f"{source}: weights do not match the model: missing {_some(missing)}, "
             f"unexpected {_some(unexpected)}"
         )

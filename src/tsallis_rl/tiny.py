@@ -13,6 +13,8 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
+from tsallis_rl.errors import ModelError
+
 DEFAULT_ALPHABET = "0123456789+-*/=?:;,.()# ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 SPECIAL = ("<pad>", "<eos>")
 MARKERS = ("<think>", "</think>")
@@ -107,7 +109,9 @@ def ensure_tiny_model(name: str, cache_dir: str | Path | None = None) -> Path:
     import tempfile
 
     if name not in TINY_MODELS:
-        raise ValueError(f"unknown tiny model {name!r}; known: {', '.join(sorted(TINY_MODELS))}")
+        raise ModelError(
+            f"model: unknown tiny model {name!r}; known: {', '.join(sorted(TINY_MODELS))}"
+        )
     if cache_dir is None:
         from tsallis_rl.basemodel import default_cache_dir
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tsallis_rl.config import TrainConfig, default_of
+from tsallis_rl.errors import ConfigError
 from tsallis_rl.prompts import PromptFormatter
 from tsallis_rl.tasks.base import REGIMES, Example, Task, find_split_files, get_task
 
@@ -88,7 +89,7 @@ def _data_flag(args: argparse.Namespace) -> str | None:
     """--data, or the deprecated --path (with a warning); both at once is an error."""
     if args.path is not None:
         if args.data is not None:
-            raise ValueError("--path is a deprecated alias of --data; pass only --data")
+            raise ConfigError("--path is a deprecated alias of --data; pass only --data")
         print("warning: --path is deprecated; use --data", file=sys.stderr)
         return args.path
     return args.data
@@ -99,7 +100,7 @@ def _load(args: argparse.Namespace) -> tuple[Task, dict[str, list[Example]]]:
     args.data = _data_flag(args)
     path = Path(args.data) if args.data else None
     if path is None and task.needs_path:
-        raise ValueError(f"task {args.task!r} needs --data (a data file or directory)")
+        raise ConfigError(f"task {args.task!r} needs --data (a data file or directory)")
     if path is not None and not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
     skipped = 0
@@ -108,7 +109,7 @@ def _load(args: argparse.Namespace) -> tuple[Task, dict[str, list[Example]]]:
     elif path.is_dir():  # the conventional split files as they are (nothing carved)
         files = find_split_files(path)
         if not files:
-            raise ValueError(f"{path}: no train/val/test .json(l) files")
+            raise ConfigError(f"{path}: no train/val/test .json(l) files")
         splits = {}
         for name, f in files.items():
             splits[name] = task.load(f, skip_invalid=args.skip_invalid)
@@ -118,7 +119,7 @@ def _load(args: argparse.Namespace) -> tuple[Task, dict[str, list[Example]]]:
         splits = {"all": task.load(path, skip_invalid=args.skip_invalid)}
     if args.split:
         if args.split not in splits:
-            raise ValueError(f"no split {args.split!r}; have {sorted(splits)}")
+            raise ConfigError(f"no split {args.split!r}; have {sorted(splits)}")
         splits = {args.split: splits[args.split]}
     return task, splits
 
@@ -140,7 +141,7 @@ def formatter(args: argparse.Namespace, task: Task, tokenizer: Any) -> PromptFor
     cfg = TrainConfig(task=args.task, regime=args.regime, chat_template=args.chat_template)
     if tokenizer is None:
         if args.chat_template == "on":
-            raise ValueError("--chat-template on needs --tokenizer (the template is the model's)")
+            raise ConfigError("--chat-template on needs --tokenizer (the template is the model's)")
         return PromptFormatter(None, task, args.regime, chat=False, answer_prefix="")
     return PromptFormatter.build(tokenizer, task, cfg)
 

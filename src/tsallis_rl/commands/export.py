@@ -29,6 +29,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from tsallis_rl.errors import ConfigError
 from tsallis_rl.rundir import write_atomic
 from tsallis_rl.tasks import REGIMES, Example, Task, get_task
 
@@ -128,20 +129,20 @@ def export_verl(
     import pandas as pd
 
     if regime not in REGIMES:
-        raise ValueError(f"unknown regime {regime!r}; expected one of {REGIMES}")
+        raise ConfigError(f"unknown regime {regime!r}; expected one of {REGIMES}")
     task = get_task(task_name)
     if data is None and getattr(task, "needs_path", True):
-        raise ValueError(f"task {task_name!r} reads files: pass --data FILE_OR_DIR")
+        raise ConfigError(f"task {task_name!r} reads files: pass --data FILE_OR_DIR")
     wanted: dict[str, Any] = {"skip_invalid": skip_invalid}
     for key, value in (("val_size", val_size), ("test_size", test_size), ("seed", seed)):
         if value is not None:
             wanted[key] = value
     splits = task.splits(data, **_accepted(task.splits, wanted))
     if not splits.get("train"):
-        raise ValueError(f"task {task_name!r} gave no training examples")
+        raise ConfigError(f"task {task_name!r} gave no training examples")
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a directory")
+        raise ConfigError(f"--out {out} is a file, not a directory")
     out.mkdir(parents=True, exist_ok=True)
     previous = _previous_files(out)
     counts: dict[str, int] = {}

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from tsallis_rl.recipes import list_recipes, load_recipe
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -23,15 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tsallis_rl.recipes import RecipeError, list_recipes, load_recipe
-
-    try:
-        if args.name:
-            print(load_recipe(args.name).yaml_text(), end="")
-            return 0
-        recipes = [load_recipe(name) for name in list_recipes()]
-    except RecipeError as exc:
-        raise ValueError(str(exc)) from None
+    if args.name:
+        print(load_recipe(args.name).yaml_text(), end="")
+        return 0
+    recipes = [load_recipe(name) for name in list_recipes()]
     width = max(len(r.name) for r in recipes)
     for r in recipes:
         print(f"{r.name:<{width}}  {r.description}")

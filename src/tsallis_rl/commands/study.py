@@ -16,7 +16,7 @@ import shutil
 import time
 from pathlib import Path
 
-from tsallis_rl.cli import UserError
+from tsallis_rl.errors import ConfigError
 
 
 def _list(kind: type, what: str):
@@ -119,7 +119,7 @@ FLAGS = {
 
 
 def build_config(args: argparse.Namespace):
-    """EscapeStudyConfig from its defaults and the flags given; validated (UserError if bad)."""
+    """EscapeStudyConfig from its defaults and the flags given; validated (ConfigError if bad)."""
     from tsallis_rl.escape_study import EscapeStudyConfig
 
     cfg = EscapeStudyConfig()
@@ -129,21 +129,20 @@ def build_config(args: argparse.Namespace):
             setattr(cfg, name, value)
     if args.lr is not None:
         cfg.lr = {**cfg.lr, **args.lr}
-    try:
-        return cfg.validate()
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    return cfg.validate()
 
 
 def _check_out(out: Path, overwrite: bool, resume: bool) -> None:
     if overwrite and resume:
-        raise UserError("--overwrite and --resume cannot be combined")
+        raise ConfigError("--overwrite and --resume cannot be combined")
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
+        raise ConfigError(f"--out {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not (overwrite or resume):
-        raise UserError(f"--out {out} is not empty; pass --resume to keep its runs or --overwrite")
+        raise ConfigError(
+            f"--out {out} is not empty; pass --resume to keep its runs or --overwrite"
+        )
     if overwrite and out.is_dir() and any(out.iterdir()) and not (out / "config.yaml").exists():
-        raise UserError(
+        raise ConfigError(
             f"--out {out} is not a study folder (no config.yaml); refusing to delete it"
         )
 

@@ -13,7 +13,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from tsallis_rl.cli import UserError
+from tsallis_rl.errors import ConfigError
 
 
 def _parse_floats(text: str) -> list[float]:
@@ -65,39 +65,39 @@ def build_config(args: argparse.Namespace):
         import yaml
 
         if not args.config.is_file():
-            raise UserError(f"--config {args.config}: no such file")
+            raise ConfigError(f"--config {args.config}: no such file")
         try:
             data = yaml.safe_load(args.config.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise UserError(f"--config {args.config}: invalid YAML: {exc}") from None
+            raise ConfigError(f"--config {args.config}: invalid YAML: {exc}") from None
         if not isinstance(data, dict):
-            raise UserError(f"--config {args.config}: expected a mapping of TheoryConfig fields")
+            raise ConfigError(f"--config {args.config}: expected a mapping of TheoryConfig fields")
         for key, value in data.items():
             if key not in fields:
-                raise UserError(f"--config {args.config}: unknown field {key!r}")
+                raise ConfigError(f"--config {args.config}: unknown field {key!r}")
             setattr(cfg, key, value)
     if args.seed is not None:
         cfg.seed = args.seed
     if args.q is not None:
         if not all(0.0 <= q <= 1.0 for q in args.q) or not args.q:
-            raise UserError(f"--q: every q must lie in [0, 1], got {args.q}")
+            raise ConfigError(f"--q: every q must lie in [0, 1], got {args.q}")
         cfg.escape_q = cfg.noise_q = cfg.escort_q = cfg.bias_q = list(args.q)
     if args.bias_replicates is not None:
         if args.bias_replicates < 2:
-            raise UserError("--bias-replicates must be >= 2")
+            raise ConfigError("--bias-replicates must be >= 2")
         cfg.bias_replicates = args.bias_replicates
     if args.bias_m is not None:
         if any(m < 2 for m in args.bias_m) or len(args.bias_m) < 2:
-            raise UserError("--bias-m needs at least two values, each >= 2")
+            raise ConfigError("--bias-m needs at least two values, each >= 2")
         cfg.bias_m = sorted(args.bias_m)
     return cfg
 
 
 def _check_out_dir(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
+        raise ConfigError(f"--out {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"--out {out} is not empty; pass --overwrite to write into it anyway")
+        raise ConfigError(f"--out {out} is not empty; pass --overwrite to write into it anyway")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,9 +13,7 @@ from typing import Any
 
 import yaml
 
-
-class RecipeError(ValueError):
-    """A recipe that does not exist or does not describe valid options (names the recipe file)."""
+from tsallis_rl.errors import RecipeError
 
 
 @dataclass(frozen=True)

@@ -31,19 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tsallis_rl.errors import ConfigError, DataError, UserError
+
 REGIMES = ("warm", "cold")
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
-
-
-class DataError(ValueError):
-    """Malformed input data; the message names the file, line and field at fault."""
-
-    def __init__(self, path: str | Path, line: int | None, field_name: str | None, why: str):
-        where = str(path) + (f", line {line}" if line is not None else "")
-        what = f", field {field_name!r}" if field_name else ""
-        super().__init__(f"{where}{what}: {why}")
-        self.path, self.line, self.field, self.why = str(path), line, field_name, why
 
 
 @dataclass
@@ -268,14 +260,14 @@ def resolve_size(n: int, size: float | int, what: str) -> int:
     if isinstance(size, (int, float)) and not isinstance(size, bool) and size >= 0:
         if float(size).is_integer():
             return int(size)
-    raise ValueError(f"{what} must be a fraction in [0, 1) or a count >= 0, got {size!r}")
+    raise ConfigError(f"{what} must be a fraction in [0, 1) or a count >= 0, got {size!r}")
 
 
 def split_sizes(n: int, val_size: float | int, test_size: float | int) -> tuple[int, int]:
     """Resolve split sizes carved from n examples (see `resolve_size`); train must keep one."""
     v, t = resolve_size(n, val_size, "val_size"), resolve_size(n, test_size, "test_size")
     if v + t >= n and n > 0:
-        raise ValueError(f"val_size {v} + test_size {t} leave no training examples out of {n}")
+        raise ConfigError(f"val_size {v} + test_size {t} leave no training examples out of {n}")
     return v, t
 
 
@@ -351,7 +343,7 @@ class Task:
         `self.last_skipped` ends as the total of skipped rows over the files read.
         """
         if path_or_dir is None:
-            raise ValueError(f"task {self.name!r} needs a data file or directory")
+            raise ConfigError(f"task {self.name!r} needs a data file or directory")
         path = Path(path_or_dir)
         if not path.is_dir():
             parts = seeded_split(
@@ -473,11 +465,13 @@ def get_task(name: str, **options: Any) -> Task:
     if qmark and base in _TASKS:  # "chainsum?dial=3&num_operands=5": options in the name
         try:
             return _TASKS[base](**{**_name_options(name, query), **options})
-        except TypeError as exc:  # an option the task does not take
-            raise ValueError(f"task {name!r}: {exc}") from None
+        except UserError:
+            raise
+        except (TypeError, ValueError) as exc:  # an option the task does not take, or a bad value
+            raise ConfigError(f"task {name!r}: {exc}") from None
     if name not in _TASKS:
         known = ", ".join(sorted(k + ("<name>" if k.endswith(":") else "") for k in _TASKS))
-        raise ValueError(f"unknown task {name!r}; known: {known}")
+        raise ConfigError(f"unknown task {name!r}; known: {known}")
     return _TASKS[name](**options)
 
 
@@ -489,7 +483,7 @@ def _name_options(name: str, query: str) -> dict[str, Any]:
     for part in filter(None, query.split("&")):
         key, eq, value = part.partition("=")
         if not eq or not key.strip():
-            raise ValueError(f"task {name!r}: bad option {part!r}; expected key=value")
+            raise ConfigError(f"task {name!r}: bad option {part!r}; expected key=value")
         try:
             out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
         except yaml.YAMLError:

@@ -22,6 +22,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from tsallis_rl.errors import ConfigError
 from tsallis_rl.tasks.base import THINK_CLOSE, THINK_OPEN, Example, Task, register_task
 
 ALPHABET = "0123456789+=?:;QA "
@@ -92,15 +93,15 @@ class ChainSumTask(Task):
     ) -> None:
         for key, value in (("num_operands", num_operands), ("low", low), ("high", high)):
             if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"chainsum: {key} must be an integer, got {value!r}")
+                raise ConfigError(f"chainsum: {key} must be an integer, got {value!r}")
         if num_operands < 2 or not (0 <= low <= high <= 9):
-            raise ValueError("chainsum needs num_operands >= 2 and 0 <= low <= high <= 9")
+            raise ConfigError("chainsum needs num_operands >= 2 and 0 <= low <= high <= 9")
         if answer_form not in ("reversed", "warm"):
-            raise ValueError(f"answer_form must be 'reversed' or 'warm', got {answer_form!r}")
+            raise ConfigError(f"answer_form must be 'reversed' or 'warm', got {answer_form!r}")
         if dial is not None and (
             not isinstance(dial, int) or isinstance(dial, bool) or not 0 <= dial < len(DIAL_FORMS)
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"chainsum: dial must be an integer in 0..{len(DIAL_FORMS) - 1}, got {dial!r}"
             )
         self.spec = ChainSumSpec(num_operands, low, high)

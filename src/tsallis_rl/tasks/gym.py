@@ -34,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from tsallis_rl.errors import ConfigError
 from tsallis_rl.metrics import contains_number
 from tsallis_rl.tasks.base import Example, Task, register_task
 
@@ -50,15 +51,15 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     name, _, query = spec.partition("?")
     name = name.strip()
     if not name:
-        raise ValueError(f"empty reasoning-gym dataset name in {spec!r}")
+        raise ConfigError(f"empty reasoning-gym dataset name in {spec!r}")
     config: dict[str, Any] = {}
     for part in filter(None, query.split("&")):
         key, eq, value = part.partition("=")
         key = key.strip()
         if not eq or not key:
-            raise ValueError(f"bad reasoning-gym option {part!r} in {spec!r}; expected key=value")
+            raise ConfigError(f"bad reasoning-gym option {part!r} in {spec!r}; expected key=value")
         if key in RESERVED:
-            raise ValueError(
+            raise ConfigError(
                 f"{key!r} is set by the task, not the spec: get_task(name, {key}=...) "
                 "(seed, train_size, val_size, test_size)"
             )
@@ -101,7 +102,7 @@ class GymTask(Task):
         self.seed = int(seed)
         self.sizes = {"train": int(train_size), "val": int(val_size), "test": int(test_size)}
         if any(v < 0 for v in self.sizes.values()) or self.sizes["train"] < 1:
-            raise ValueError(f"bad sizes {self.sizes}: train_size >= 1, val/test sizes >= 0")
+            raise ConfigError(f"bad sizes {self.sizes}: train_size >= 1, val/test sizes >= 0")
         self._scorer: Any = None
         self._make(seed=0, size=1)  # fail early on an unknown dataset or a bad config
 
@@ -110,7 +111,7 @@ class GymTask(Task):
         try:
             ds = rg.create_dataset(self.dataset_name, seed=seed, size=size, **self.config)
         except (TypeError, ValueError, AssertionError, KeyError) as exc:
-            raise ValueError(f"reasoning-gym {self.spec!r}: {exc}") from None
+            raise ConfigError(f"reasoning-gym {self.spec!r}: {exc}") from None
         if self._scorer is None:
             self._scorer = ds
         return ds
@@ -139,7 +140,7 @@ class GymTask(Task):
             )
             if len(out) == n:
                 return out
-        raise ValueError(
+        raise ConfigError(
             f"reasoning-gym {self.spec!r}: only {len(out)} distinct {split} questions out of "
             f"{budget} tries (wanted {n}); ask for fewer or widen the config"
         )
@@ -163,9 +164,9 @@ class GymTask(Task):
     ) -> list[Example]:
         """Generate one split (`n` examples; default the task's size for that split)."""
         if path is not None:
-            raise ValueError(f"{self.name} is generated; it takes no data path")
+            raise ConfigError(f"{self.name} is generated; it takes no data path")
         if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+            raise ConfigError(f"unknown split {split!r}; expected one of {SPLITS}")
         self.last_skipped = 0
         sizes = dict(self.sizes)
         if n is not None:
@@ -188,7 +189,7 @@ class GymTask(Task):
         skip_invalid: bool = False,
     ) -> dict[str, list[Example]]:
         if path_or_dir is not None:
-            raise ValueError(f"{self.name} is generated; it takes no data path")
+            raise ConfigError(f"{self.name} is generated; it takes no data path")
         n = self.sizes["train"]
 
         def resolve(size: float | int | None, split: str) -> int:
@@ -198,7 +199,7 @@ class GymTask(Task):
                 return int(round(size * n))
             if isinstance(size, (int, float)) and size >= 0 and float(size).is_integer():
                 return int(size)
-            raise ValueError(f"{split}_size must be a fraction in [0, 1) or a count, got {size!r}")
+            raise ConfigError(f"{split}_size must be a fraction in [0, 1) or a count, got {size!r}")
 
         nv, nt = resolve(val_size, "val"), resolve(test_size, "test")
         self.last_skipped = 0
@@ -209,7 +210,7 @@ class GymTask(Task):
         if regime == "cold":
             return ex.question
         if regime != "warm":
-            raise ValueError(f"unknown regime {regime!r}; expected 'warm' or 'cold'")
+            raise ConfigError(f"unknown regime {regime!r}; expected 'warm' or 'cold'")
         return f"{WARM_INSTRUCTION}\n\n{ex.question}\n\n{WARM_FORMAT}"
 
     def instruction_texts(self) -> list[str]:

@@ -16,8 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tsallis_rl.errors import ConfigError, DataError
 from tsallis_rl.metrics import contains_words, musique_em_f1
-from tsallis_rl.tasks.base import DataError, Example, Task, get_field, register_task
+from tsallis_rl.tasks.base import Example, Task, get_field, register_task
 
 WARM_INSTRUCTION = (
     "Answer the question. Think it through step by step, then reply with only the final answer."
@@ -36,7 +37,7 @@ class JsonlTask(Task):
 
     def load(self, path: str | Path | None = None, *, skip_invalid: bool = False) -> list[Example]:
         if path is None:
-            raise ValueError('jsonl needs a file of {"question", "answer", "context"?} lines')
+            raise ConfigError('jsonl needs a file of {"question", "answer", "context"?} lines')
         return self.load_records(path, self._parse, skip_invalid=skip_invalid)
 
     def _parse(self, rec: Any, path: Path, line: int) -> Example:
@@ -65,7 +66,7 @@ class JsonlTask(Task):
         if regime == "cold":
             return f"{ex.context}\n{ex.question}" if ex.context else ex.question
         if regime != "warm":
-            raise ValueError(f"unknown regime {regime!r}; expected 'warm' or 'cold'")
+            raise ConfigError(f"unknown regime {regime!r}; expected 'warm' or 'cold'")
         if ex.context:
             return f"{WARM_INSTRUCTION_CTX}\n\nContext:\n{ex.context}\n\nQuestion: {ex.question}\n\n{WARM_FORMAT}"
         return f"{WARM_INSTRUCTION}\n\nQuestion: {ex.question}\n\n{WARM_FORMAT}"
