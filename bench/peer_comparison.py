@@ -32,8 +32,8 @@ from typing import Any
 import yaml
 
 from tsallis_rl.config import TrainConfig, default_of
+from tsallis_rl.io import read_jsonl, write_atomic
 from tsallis_rl.report import aggregate_seeds
-from tsallis_rl.rundir import read_jsonl, write_atomic
 
 PEERS = "grpo,verifree,loglik,iwae,rlpr,rft,garl:0,garl:0.5,garl:0.75,garl:1,paft:0.75"
 START, END = "<!-- peer-table:start -->", "<!-- peer-table:end -->"

@@ -1,7 +1,7 @@
 """Fault injection: SIGKILL at every write point of a run, then --resume; nothing is lost.
 
-TSALLIS_RL_FAULT=<point>#<n> makes `rundir.fault_point` kill the process at the n-th time it reaches
-<point> (see tsallis_rl.rundir). For each point of a checkpoint save, a metrics.jsonl append, the
+TSALLIS_RL_FAULT=<point>#<n> makes `io.fault_point` kill the process at the n-th time it reaches
+<point> (see tsallis_rl.io). For each point of a checkpoint save, a metrics.jsonl append, the
 run directory's own files and the final results, a short training run (tiny model, 4 steps, a
 checkpoint every step) is killed there in a forked process, optionally has its newest checkpoint
 damaged as well, and is then resumed: it must end with the same metrics and final.json as an
@@ -22,6 +22,7 @@ import pytest
 
 from tsallis_rl import rundir
 from tsallis_rl.cli import main
+from tsallis_rl.io import OLD, TMP
 
 pytestmark = pytest.mark.slow
 
@@ -129,7 +130,7 @@ def test_a_run_killed_at_each_write_point_resumes_to_the_uninterrupted_result(
             _killed_in_fork(again, main, [*_argv(out, tiny_model_dir), "--resume"])
         assert main([*_argv(out, tiny_model_dir), "--resume"]) == 0
     assert _outcome(out) == reference
-    left = [p for p in out.rglob("*") if rundir.TMP in p.name or rundir.OLD in p.name]
+    left = [p for p in out.rglob("*") if TMP in p.name or OLD in p.name]
     assert not left, left
 
 
@@ -175,7 +176,7 @@ def test_a_base_model_build_killed_at_each_point_is_rebuilt_whole(tmp_path, faul
 
     cfg = BaseModelConfig(**TINY_BASE)
     _killed_in_fork(fault, ensure_base_model, cfg, tmp_path)
-    built = [p for p in tmp_path.iterdir() if rundir.TMP not in p.name and p.suffix != ".lock"]
+    built = [p for p in tmp_path.iterdir() if TMP not in p.name and p.suffix != ".lock"]
     assert not built  # only a temp folder (and the lock file) was left
     path = ensure_base_model(cfg, tmp_path, progress=False)
     AutoModelForCausalLM.from_pretrained(path)

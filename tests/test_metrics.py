@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tsallis_rl.io import read_jsonl, write_jsonl
 from tsallis_rl.metrics import (
     contains_number,
     contains_words,
@@ -12,9 +13,7 @@ from tsallis_rl.metrics import (
     majority_answer,
     musique_em_f1,
     normalize_answer,
-    read_records,
     score_samples,
-    write_records,
 )
 from tsallis_rl.tasks.base import Example
 from tsallis_rl.tasks.hotpotqa import HotpotQATask
@@ -134,12 +133,12 @@ def test_score_samples_gives_p1_pk_mk_and_official_metrics(tmp_path):
     assert summary["m@4"] == 0.0
     assert summary["maj_em"] == 0.0 and summary["maj_f1"] == 0.0
     assert summary["n"] == 2
-    path = write_records(tmp_path / "sub" / "records.jsonl", records)
-    back = read_records(path)
+    path = tmp_path / "sub" / "records.jsonl"
+    write_jsonl(path, records)
+    back = read_jsonl(path)
     assert [r["id"] for r in back] == ["a", "b"]
     assert back[0]["answers"] == samples[0]
     assert back[1]["majority"] == "no"
-    assert not (tmp_path / "sub" / "records.jsonl.tmp").exists()
 
 
 def test_score_samples_checks_lengths():

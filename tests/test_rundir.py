@@ -21,8 +21,9 @@ from transformers import AutoModelForCausalLM
 from tsallis_rl import rundir
 from tsallis_rl.cli import main
 from tsallis_rl.config import TrainConfig
-from tsallis_rl.errors import CheckpointError, ConfigError, DataError, ModelError
+from tsallis_rl.errors import CheckpointError, ConfigError, ModelError
 from tsallis_rl.experiment import build_trainer
+from tsallis_rl.io import file_lock, read_jsonl
 from tsallis_rl.trainer import Trainer
 
 MARKER = {"format": "tsallis-rl run", "version": 1}
@@ -120,7 +121,7 @@ def test_resume_may_change_steps_and_the_change_is_recorded_not_hidden(tmp_path)
     saved = (out / "config.yaml").read_text()
     rundir.prepare_out(TrainConfig(out=str(out), steps=20, resume=True, progress=False))
     assert (out / "config.yaml").read_text() == saved  # the original config, as it was run
-    (entry,) = rundir.read_jsonl(out / "resumes.jsonl")
+    (entry,) = read_jsonl(out / "resumes.jsonl")
     assert entry["changed"] == {"steps": [10, 20], "progress": [True, False]}
 
 
@@ -200,20 +201,6 @@ def test_missing_and_unexpected_weights_are_errors_naming_the_checkpoint(tiny_mo
 # -- item 4: a torn metrics.jsonl ------------------------------------------------------------------
 
 
-def test_read_jsonl_drops_a_torn_last_line_with_a_warning_naming_the_file(tmp_path):
-    path = tmp_path / "metrics.jsonl"
-    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo')
-    with pytest.warns(UserWarning, match="metrics.jsonl"):
-        assert rundir.read_jsonl(path) == [{"step": 1}, {"step": 2}]
-
-
-def test_read_jsonl_names_the_file_and_line_of_a_corrupt_record_inside(tmp_path):
-    path = tmp_path / "metrics.jsonl"
-    path.write_text('{"step": 1}\n{"st\n{"step": 3}\n')
-    with pytest.raises(DataError, match=r"metrics.jsonl, line 2"):
-        rundir.read_jsonl(path)
-
-
 def test_resume_after_a_torn_metrics_line_keeps_every_completed_step(tmp_path, tiny_model_dir):
     tr = _trainer(tmp_path, tiny_model_dir, steps=3, save_every=1)
     tr.fit()
@@ -222,9 +209,7 @@ def test_resume_after_a_torn_metrics_line_keeps_every_completed_step(tmp_path, t
     again = _trainer(tmp_path, tiny_model_dir, steps=4, save_every=1, resume=True)
     with pytest.warns(UserWarning, match="half-written"):
         again.fit()
-    steps = [
-        r["step"] for r in rundir.read_jsonl(tmp_path / "metrics.jsonl") if r["kind"] == "train"
-    ]
+    steps = [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
     assert steps == [1, 2, 3, 4]
 
 
@@ -270,15 +255,6 @@ def test_a_checkpoint_save_keeps_the_old_one_until_the_new_one_is_in(tmp_path):
     assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step-000002", "step-000003"]
 
 
-def test_write_atomic_fsyncs_the_file_before_the_rename(tmp_path, monkeypatch):
-    synced = []
-    real = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real(fd))
-    rundir.write_atomic(tmp_path / "a.json", "{}")
-    assert len(synced) >= 2  # the file, then its directory
-    assert (tmp_path / "a.json").read_text() == "{}"
-
-
 def test_stale_temp_folders_are_removed_and_a_cut_best_swap_is_undone(tmp_path):
     (tmp_path / "checkpoints" / "step-000002.tmp-abc").mkdir(parents=True)
     (tmp_path / "best.tmp-xyz").mkdir()
@@ -320,7 +296,7 @@ def test_a_second_base_model_build_waits_for_the_first_and_reuses_it(tmp_path):
 
     cfg = _tiny_base_cfg()
     path = tmp_path / f"chainsum-base-{cfg.key()}"
-    with rundir.file_lock(path.with_name(path.name + ".lock")):  # "the first process"
+    with file_lock(path.with_name(path.name + ".lock")):  # "the first process"
         pid = os.fork()
         if pid == 0:  # the second process
             code = 1

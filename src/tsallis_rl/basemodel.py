@@ -12,10 +12,8 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import random
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from tsallis_rl.rundir import TMP, fault_point, file_lock, fsync_dir, fsync_tree
+from tsallis_rl.io import TMP, default_cache_dir, fault_point, file_lock, write_dir_atomic
 from tsallis_rl.tasks.chainsum import ALPHABET, COLD_FORM, SURFACE_FORMS, warm_document
 from tsallis_rl.tiny import build_char_tokenizer, build_tiny_causal_lm
 
@@ -52,12 +50,6 @@ class BaseModelConfig:
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "threads"}
         blob = json.dumps({**fields, "v": FORMAT_VERSION}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def default_cache_dir() -> Path:
-    """$TSALLIS_RL_CACHE, else ~/.cache/tsallis-rl."""
-    env = os.environ.get("TSALLIS_RL_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "tsallis-rl"
 
 
 def pretraining_batch(rng: random.Random, cfg: BaseModelConfig) -> list[str]:
@@ -139,21 +131,15 @@ def _chunks(items: list[str], n: int) -> list[list[str]]:
 
 
 def _save_atomic(model, tok, out_dir: Path, meta: dict) -> None:
-    """Write model + tokenizer into a temp folder, fsync it, rename it to `out_dir`."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + TMP, dir=out_dir.parent))
-    try:
+    """Model + tokenizer + base_model.json, written into a temp folder and swapped in as `out_dir`."""
+
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         fault_point("base:weights")
         tok.save_pretrained(tmp)
         (tmp / "base_model.json").write_text(json.dumps(meta, indent=2))
-        fsync_tree(tmp)
-        fault_point("base:written")
-        os.replace(tmp, out_dir)
-        fsync_dir(out_dir.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_dir_atomic(out_dir, write, "base")
 
 
 def cached_base_model(cfg: BaseModelConfig | None = None, cache_dir: Path | None = None) -> Path:

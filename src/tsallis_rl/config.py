@@ -2,8 +2,8 @@
 
 The defaults are the embedded CPU cold-start experiment (chain-sum task, cold regime, the project's
 own base model); CLI flags are generated from the fields, so each default lives only here. Configs
-load from YAML (`yaml.safe_load`) and flags override them; `validate()` runs before any model is
-loaded and names the field at fault.
+load from YAML (`io.read_yaml`: `yaml.safe_load`) and flags override them; `validate()` runs
+before any model is loaded and names the field at fault.
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tsallis_rl.errors import ConfigError
+from tsallis_rl.io import read_yaml
 
 
 def _opt(default: Any, help: str, choices: tuple | None = None, **kw: Any) -> Any:
@@ -406,17 +405,7 @@ def run_tag(
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping of TrainConfig fields; unknown keys are errors that name the file and key."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist")
-    try:
-        text = p.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = p.read_bytes()[: exc.start].count(b"\n") + 1
-        raise ConfigError(f"{p}:{line}: not UTF-8 text (byte {exc.start})") from None
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {' '.join(str(exc).split())}") from None
+    data = read_yaml(p) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping of options, got {type(data).__name__}")
     names = {f.name for f in fields(TrainConfig)}

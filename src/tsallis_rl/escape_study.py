@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from tsallis_rl.errors import ConfigError
+from tsallis_rl.io import read_jsonl, write_atomic, write_json, write_yaml
 
 # --------------------------------------------------------------------------------------------------
 # Pure functions: the detector and the censored fit
@@ -397,7 +398,6 @@ def train_grid(cfg: EscapeStudyConfig, out: Path, *, resume: bool = False) -> di
 
 def probe_curve(run_dir: Path) -> dict[str, list[float]]:
     """The run's probe evaluations from its metrics.jsonl: step, mean log P-hat, p@1 (lists)."""
-    from tsallis_rl.trainer import read_jsonl
 
     evals = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") == "eval"]
     evals.sort(key=lambda r: r["step"])
@@ -636,13 +636,8 @@ def plot_curves(cfg: EscapeStudyConfig, results: dict[str, Any], path: Path) -> 
 
 def write_outputs(cfg: EscapeStudyConfig, results: dict[str, Any], out: Path) -> list[Path]:
     """report.md, results.json, config.yaml and the two plots into `out` (atomic writes)."""
-    import yaml
-
-    from tsallis_rl.dynamics.report import _json_safe
-    from tsallis_rl.trainer import write_atomic
-
-    write_atomic(out / "results.json", json.dumps(_json_safe(results), indent=1))
-    write_atomic(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_json(out / "results.json", results, indent=1)
+    write_yaml(out / "config.yaml", cfg.to_dict())
     write_atomic(out / "report.md", report_markdown(cfg, results))
     for name, plot in (("escape_steps.png", plot_escape_steps), ("curves.png", plot_curves)):
         tmp = out / f".{name}.tmp.png"

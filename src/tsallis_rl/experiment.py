@@ -23,7 +23,8 @@ import torch
 from tsallis_rl.config import ConfigError, TrainConfig, looks_like_path, run_tag
 from tsallis_rl.errors import ModelError
 from tsallis_rl.estimators import get_estimator_spec
-from tsallis_rl.rundir import check_out, prepare_out, read_jsonl
+from tsallis_rl.io import read_jsonl, read_yaml
+from tsallis_rl.rundir import check_out, prepare_out
 from tsallis_rl.tasks import Example, Task, get_task
 from tsallis_rl.trainer import Trainer
 
@@ -117,9 +118,7 @@ def tokenizer_source(model_ref: str) -> str:
     if run_dir is not None and any((run_dir / "best" / f).exists() for f in _TOKENIZER_FILES):
         return str(run_dir / "best")
     if run_dir is not None and (run_dir / "config.yaml").exists():
-        import yaml as _yaml
-
-        base = (_yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("model")
+        base = (read_yaml(run_dir / "config.yaml") or {}).get("model")
         if base is None:
             from tsallis_rl.basemodel import ensure_base_model
 

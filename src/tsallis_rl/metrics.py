@@ -23,20 +23,18 @@ training reward and one the evaluation, applied to the extracted answer.
     evaluation = "y* is a substring of the answer". Caveat: for chain-sum (short numbers) this
     credits "102" for "02", which is why the default evaluates chain-sum by exact match.
 `score_samples` records the mode and both matcher names in its summary.
-`write_records(path, records)` writes per-example records as JSON Lines.
+Per-example records are written as JSON Lines by `io.write_jsonl`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import string
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal, InvalidOperation
-from pathlib import Path
 from typing import Any
 
 from tsallis_rl.errors import ConfigError
@@ -352,27 +350,6 @@ def score_samples(
     summary["n"] = float(len(records))
     summary.update(match=match, eval_match=eval_name, reward_match=reward_name)
     return summary, records
-
-
-def write_records(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
-    """Write per-example records (e.g. from `score_samples`) as JSON Lines, one object a line.
-
-    Parent directories are created; the file is written to a temporary name and renamed, so a
-    reader never sees half a file. Values must be JSON-serialisable (floats, strings, lists)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
-    tmp.replace(path)
-    return path
-
-
-def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """Read back a JSON Lines file written by `write_records`."""
-    with Path(path).open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def contains_words(

@@ -8,14 +8,13 @@ report.md gives both tables and the plots show the seed mean per method with the
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from tsallis_rl.config import TrainConfig
-from tsallis_rl.rundir import json_safe, read_jsonl, write_atomic
+from tsallis_rl.io import read_jsonl, write_atomic, write_json, write_jsonl
 
 
 def summary_rows(results: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
@@ -80,10 +79,10 @@ def write_report(out: Path, cfg: TrainConfig, results: list[dict[str, Any]]) -> 
         return
     k = cfg.eval_k
     rows = summary_rows(results, k)
-    write_atomic(out / "summary.json", json.dumps(json_safe(rows), indent=2))
+    write_json(out / "summary.json", rows)
     per_run = {res["tag"]: read_jsonl(out / res["tag"] / "metrics.jsonl") for res in results}
     merged = [{"method": tag, **rec} for tag, recs in per_run.items() for rec in recs]
-    write_atomic(out / "metrics.jsonl", "".join(json.dumps(json_safe(r)) + "\n" for r in merged))
+    write_jsonl(out / "metrics.jsonl", merged)
     plots = write_plots(out, per_run, k)
     lines = [
         "# tsallis-rl training report",
@@ -220,13 +219,13 @@ def write_seed_report(out: Path, cfg: TrainConfig, results: list[dict[str, Any]]
     keys = ["test_p@1", f"test_p@{k}", f"test_m@{k}", "best_step", "wall_seconds"]
     keys += ["initial_log_p", "final_rationale_correct"]
     aggregate = aggregate_seeds(rows, keys)
-    write_atomic(out / "summary.json", json.dumps(json_safe(aggregate + rows), indent=2))
+    write_json(out / "summary.json", aggregate + rows)
     merged = [
         {"method": res["tag"], "seed": res["seed"], "run": res["run"], **rec}
         for res in results
         for rec in per_run[res["run"]]
     ]
-    write_atomic(out / "metrics.jsonl", "".join(json.dumps(json_safe(r)) + "\n" for r in merged))
+    write_jsonl(out / "metrics.jsonl", merged)
     by_method: dict[str, list[list[dict[str, Any]]]] = {}
     for res in results:
         by_method.setdefault(res["tag"], []).append(per_run[res["run"]])

@@ -4,33 +4,39 @@ A run directory holds `.tsallis-rl-run` (a marker only this project writes), con
 once, never rewritten), resumes.jsonl (what each --resume changed), metrics.jsonl (append-only),
 checkpoints/step-N (weights + trainer_state.pt), checkpoints/latest, best/ and final.json.
 
-Every replacement is "new complete first, then swap, old removed last": files are written into a
-`*.tmp-*` sibling and fsynced, renamed in, and only then is the old copy deleted, so a SIGKILL at
-any point leaves the previous or the new version loadable. `fault_point(name)` marks each such
-point; TSALLIS_RL_FAULT=<name> (or <name>#<n> for its n-th hit) kills the process there (tests).
+Every replacement is "new complete first, then swap, old removed last" (`tsallis_rl.io`'s atomic
+writes): a SIGKILL at any point leaves the previous or the new version loadable; `io.fault_point`
+marks each such point for the fault-injection tests.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import os
 import shutil
-import signal
-import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tsallis_rl.errors import CheckpointError, ConfigError, DataError, ModelError
+from tsallis_rl.errors import CheckpointError, ConfigError, ModelError
+from tsallis_rl.io import (
+    OLD,
+    TMP,
+    append_jsonl,
+    fault_point,
+    read_jsonl,
+    read_yaml,
+    remove,
+    write_atomic,
+    write_dir_atomic,
+    write_jsonl,
+    write_yaml,
+)
 
 MARKER = ".tsallis-rl-run"
 MARKER_VERSION = 1
-TMP = ".tmp-"  # every temporary file or folder name contains this; stale ones are removed
-OLD = ".old-"  # a previous version moved aside during a swap (restored if the swap was cut)
 
 # fields that may differ between a run's config.yaml and a --resume of it (they change how long,
 # how often or how visibly it runs, not what it learns); any other difference is refused
@@ -51,127 +57,6 @@ RESUME_MAY_CHANGE = (
 )
 
 T = TypeVar("T")
-
-
-# --------------------------------------------------------------------------------------------------
-# Fault injection (tests) and durable writes
-
-_fault_hits: dict[str, int] = {}
-
-
-def fault_point(name: str) -> None:
-    """SIGKILL this process here if TSALLIS_RL_FAULT names this point (`name` or `name#n`)."""
-    want = os.environ.get("TSALLIS_RL_FAULT")
-    if not want:
-        return
-    target, _, nth = want.partition("#")
-    if target != name:
-        return
-    _fault_hits[name] = _fault_hits.get(name, 0) + 1
-    if _fault_hits[name] >= int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or creation inside `path` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(path: Path) -> None:
-    """fsync every file under `path`, then every folder (bottom-up)."""
-    for root, _dirs, files in os.walk(path, topdown=False):
-        for name in files:
-            fd = os.open(Path(root) / name, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(Path(root))
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write `data` to `path` via an fsynced temp file and a rename: readers see old or new, whole."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP}", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode() if isinstance(data, str) else data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        fault_point(f"atomic:{path.name}")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-
-
-def json_safe(obj: Any) -> Any:
-    """`obj` with non-finite floats as None (strict JSON), recursing into dicts, lists and tuples."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    return obj
-
-
-# --------------------------------------------------------------------------------------------------
-# JSONL logs
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Records of an append-only JSONL log; [] if absent.
-
-    A torn LAST line (a kill during an append) is dropped with a warning naming the file; a bad
-    line anywhere else is a DataError naming the file and line.
-    """
-    path = Path(path)
-    if not path.exists():
-        return []
-    text = path.read_text(encoding="utf-8", errors="replace")
-    lines = text.split("\n")  # only \n ends a record (json.dumps never writes a raw newline)
-    records = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            if not isinstance(rec, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as exc:
-            if i == len(lines) - 1:  # no newline after it: the append was cut
-                warnings.warn(f"{path}: dropped a half-written last line ({exc})", stacklevel=2)
-                break
-            raise DataError(path, i + 1, None, f"corrupt record: {exc}") from None
-        records.append(rec)
-    return records
-
-
-def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one record as a line, fsynced (a kill can only tear this last line)."""
-    line = json.dumps(json_safe(record)) + "\n"
-    half = len(line) // 2
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(line[:half])
-        fh.flush()
-        fault_point("metrics:torn")
-        fh.write(line[half:])
-        fh.flush()
-        os.fsync(fh.fileno())
-    fault_point("metrics:appended")
-
-
-def rewrite_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    """Replace a JSONL log atomically."""
-    write_atomic(path, "".join(json.dumps(json_safe(r)) + "\n" for r in records))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -196,12 +81,7 @@ def mark_run_dir(path: Path) -> None:
 
 
 def _saved_config(path: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the saved config: {exc}") from None
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the saved config is not a mapping")
     return data
@@ -278,8 +158,6 @@ def prepare_out(cfg: Any) -> Path:
 
 def start_run_dir(run_dir: Path, cfg_dict: dict[str, Any], *, resume: bool) -> None:
     """Mark `run_dir` and write its config once; on a resume check and record what changed."""
-    import yaml
-
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not is_run_dir(run_dir):  # first, so that a kill from here on leaves a resumable run dir
@@ -289,9 +167,9 @@ def start_run_dir(run_dir: Path, cfg_dict: dict[str, Any], *, resume: bool) -> N
         changes = check_resume_config(config, cfg_dict)
         entry = {"time": time.time(), "changed": {k: list(v) for k, v in changes.items()}}
         history = run_dir / "resumes.jsonl"
-        rewrite_jsonl(history, [*read_jsonl(history), entry])
+        write_jsonl(history, [*read_jsonl(history), entry])
     else:
-        write_atomic(config, yaml.safe_dump(cfg_dict, sort_keys=False))
+        write_yaml(config, cfg_dict)
 
 
 def clean_stale(run_dir: Path) -> list[Path]:
@@ -310,33 +188,13 @@ def clean_stale(run_dir: Path) -> list[Path]:
             continue
         for p in folder.iterdir():
             if TMP in p.name or OLD in p.name:
-                _remove(p)
+                remove(p)
                 removed.append(p)
     return removed
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
 # --------------------------------------------------------------------------------------------------
 # Checkpoints
-
-
-def _swap_in(tmp: Path, dest: Path, point: str) -> Path | None:
-    """Rename complete `tmp` to `dest`; an existing `dest` is moved aside first (returned)."""
-    aside = None
-    if dest.exists():
-        aside = dest.with_name(f"{dest.name}{OLD}{os.getpid()}")
-        os.replace(dest, aside)
-        fault_point(f"{point}:aside")
-    os.replace(tmp, dest)
-    fsync_dir(dest.parent)
-    return aside
 
 
 def save_checkpoint(
@@ -347,16 +205,11 @@ def save_checkpoint(
     ckpts = Path(ckpts)
     ckpts.mkdir(parents=True, exist_ok=True)
     final = ckpts / f"step-{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f"{final.name}{TMP}", dir=ckpts))
-    write(tmp)
-    fsync_tree(tmp)
-    fault_point("ckpt:written")
-    aside = _swap_in(tmp, final, "ckpt")
+    aside = write_dir_atomic(final, write, "ckpt")
     fault_point("ckpt:renamed")
     write_atomic(ckpts / "latest", final.name + "\n")
     fault_point("ckpt:latest")
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
+    remove(aside)
     for old in checkpoint_dirs(ckpts)[keep:]:
         doomed = old.with_name(f"{old.name}{TMP}prune")
         os.replace(old, doomed)  # a cut removal leaves a *.tmp-* name, never a half step-N
@@ -489,14 +342,9 @@ def _first_line(exc: BaseException) -> str:
 def save_best(run_dir: Path, write: Callable[[Path], None]) -> Path:
     """best/: `write(tmp)` fills a temp folder, fsynced; then swapped in, the old one removed last."""
     dest = Path(run_dir) / "best"
-    tmp = Path(tempfile.mkdtemp(prefix=f"best{TMP}", dir=run_dir))
-    write(tmp)
-    fsync_tree(tmp)
-    fault_point("best:written")
-    aside = _swap_in(tmp, dest, "best")
+    aside = write_dir_atomic(dest, write, "best")
     fault_point("best:swapped")
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
+    remove(aside)
     return dest
 
 
@@ -549,21 +397,4 @@ class Loggers:
 
     def truncate_after(self, step: int) -> None:
         """Keep the records up to `step` (a resumed run rewrites the later ones); drops a torn tail."""
-        rewrite_jsonl(self.path, [r for r in read_jsonl(self.path) if r["step"] <= step])
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive cross-process lock (fcntl.flock) on `path`, held for the `with` block.
-
-    The OS releases it when the holder dies, so a killed holder never blocks the next one.
-    """
-    import fcntl
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        write_jsonl(self.path, [r for r in read_jsonl(self.path) if r["step"] <= step])

@@ -7,6 +7,7 @@ Llama-style HF causal LM. Both save/load with `save_pretrained` / `from_pretrain
 
 from __future__ import annotations
 
+import string
 from pathlib import Path
 
 import torch
@@ -14,6 +15,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from tsallis_rl.errors import ModelError
+from tsallis_rl.io import default_cache_dir, write_dir_atomic
 
 DEFAULT_ALPHABET = "0123456789+-*/=?:;,.()# ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 SPECIAL = ("<pad>", "<eos>")
@@ -105,27 +107,18 @@ def is_tiny_model(name: str | None) -> bool:
 
 def ensure_tiny_model(name: str, cache_dir: str | Path | None = None) -> Path:
     """The saved HF folder of the named tiny model, built (atomically) on first use."""
-    import string
-    import tempfile
-
     if name not in TINY_MODELS:
         raise ModelError(
             f"model: unknown tiny model {name!r}; known: {', '.join(sorted(TINY_MODELS))}"
         )
-    if cache_dir is None:
-        from tsallis_rl.basemodel import default_cache_dir
-
-        cache_dir = default_cache_dir()
-    dest = Path(cache_dir) / name.replace(":", "-")
+    dest = Path(cache_dir or default_cache_dir()) / name.replace(":", "-")
     if (dest / "config.json").exists():
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".tmp-", dir=dest.parent))
-    save_tiny_model(tmp, string.printable, **TINY_MODELS[name])
-    try:
-        tmp.rename(dest)
-    except OSError:  # another process built it first: theirs is as good as ours
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
+    # another process may build it at the same time: theirs is as good as ours, first one stays
+    write_dir_atomic(
+        dest,
+        lambda tmp: save_tiny_model(tmp, string.printable, **TINY_MODELS[name]),
+        "tiny",
+        keep_existing=True,
+    )
     return dest

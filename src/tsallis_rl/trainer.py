@@ -17,7 +17,6 @@ best/ (HF model + tokenizer, from_pretrained-loadable), final.json.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -34,10 +33,11 @@ from tsallis_rl.config import TrainConfig
 from tsallis_rl.estimators import get_estimator_spec
 from tsallis_rl.evaluation import EvalResult, eval_seed, evaluate
 from tsallis_rl.gradient import apply_gradient, no_rationale_rows, stack_rows
+from tsallis_rl.io import fault_point, read_jsonl, write_json, write_jsonl
 from tsallis_rl.metrics import get_match_mode
 from tsallis_rl.prompts import PromptFormatter, sampling_settings
 from tsallis_rl.rollout import Rollout, SamplingSettings, sample
-from tsallis_rl.rundir import Loggers, json_safe, read_jsonl, write_atomic
+from tsallis_rl.rundir import Loggers
 from tsallis_rl.tasks.base import Example, Task
 
 # --------------------------------------------------------------------------------------------------
@@ -323,7 +323,7 @@ class Trainer:
 
         def write(tmp: Path) -> None:
             self.policy.save_pretrained(tmp)
-            rundir.fault_point("ckpt:weights")
+            fault_point("ckpt:weights")
             torch.save(state, tmp / "trainer_state.pt")
 
         path = rundir.save_checkpoint(self.run_dir / "checkpoints", self.step, write)
@@ -449,10 +449,7 @@ class Trainer:
             if self.is_main:
                 self.save_best()
         if self.is_main:  # what was counted right: every example's sampled answers, per eval
-            write_atomic(
-                self.run_dir / "records" / f"val-step-{self.step:06d}.jsonl",
-                "".join(json.dumps(json_safe(r)) + "\n" for r in res.records),
-            )
+            write_jsonl(self.run_dir / "records" / f"val-step-{self.step:06d}.jsonl", res.records)
         if self.loggers:
             self.loggers.log({"kind": "eval", "split": "val", "step": self.step, **res.summary})
 
@@ -475,10 +472,7 @@ class Trainer:
             res = self.evaluate("test", step=self.best["step"], model=best)
             del best
             result["test"] = res.summary
-            write_atomic(
-                self.run_dir / "test_records.jsonl",
-                "".join(json.dumps(json_safe(r)) + "\n" for r in res.records),
-            )
+            write_jsonl(self.run_dir / "test_records.jsonl", res.records)
         first = next(
             (
                 r
@@ -491,5 +485,5 @@ class Trainer:
         result["wall_seconds"] = self.elapsed_before + time.time() - self._started
         if self.loggers:
             self.loggers.close()
-        write_atomic(self.run_dir / "final.json", json.dumps(json_safe(result), indent=2))
+        write_json(self.run_dir / "final.json", result)
         return result

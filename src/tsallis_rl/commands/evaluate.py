@@ -25,9 +25,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from tsallis_rl.config import ConfigError, TrainConfig, default_of, finite_float, parse_bool
+from tsallis_rl.config import TrainConfig, default_of, finite_float, parse_bool
+from tsallis_rl.errors import ConfigError
+from tsallis_rl.io import read_yaml, write_json, write_jsonl
 
 # eval flag -> TrainConfig field it sets (a flag left out keeps the run's value, or the default)
 FIELDS = {
@@ -165,10 +165,9 @@ def _run_targets(args: argparse.Namespace) -> list[Target]:
 
 def _load_run_config(path: Path) -> TrainConfig:
     """A run's saved config.yaml as a TrainConfig (its fields only; a clear error otherwise)."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read the run's config: {exc}") from None
+    data = read_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the run's config is not a mapping")
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(data) - names)
     if unknown:
@@ -204,8 +203,6 @@ def _model_target(args: argparse.Namespace) -> Target:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tsallis_rl.rundir import json_safe, write_atomic
-
     if args.limit is not None and args.limit < 0:
         raise ConfigError(f"flags: limit = {args.limit}: must be >= 0 (0 = all)")
     if args.method and not args.run:
@@ -225,12 +222,8 @@ def run(args: argparse.Namespace) -> int:
         for target, summary, records in results:
             dest = out if len(results) == 1 else out / _slug(target, Path(args.run))
             head = {"evaluated": _describe(target, args, len(records))}
-            write_atomic(
-                dest / "summary.json", json.dumps(json_safe({**head, **summary}), indent=2)
-            )
-            write_atomic(
-                dest / "records.jsonl", "".join(json.dumps(json_safe(r)) + "\n" for r in records)
-            )
+            write_json(dest / "summary.json", {**head, **summary})
+            write_jsonl(dest / "records.jsonl", records)
     return 0
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tsallis_rl.errors import ConfigError
-from tsallis_rl.rundir import write_atomic
+from tsallis_rl.io import write_atomic, write_json
 from tsallis_rl.tasks import REGIMES, Example, Task, get_task
 
 FORMATS = ("verl",)
@@ -173,7 +173,7 @@ def export_verl(
         "files": files,
         "reward_fn": str(reward_path),
     }
-    write_atomic(out / "export.json", json.dumps(manifest, indent=2) + "\n")
+    write_json(out / "export.json", manifest)
     write_atomic(reward_path, REWARD_FN)
     for split, name in previous.items():  # splits an earlier export wrote that this one did not
         if split not in files:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from tsallis_rl.errors import ConfigError
+from tsallis_rl.io import write_yaml
 
 
 def _list(kind: type, what: str):
@@ -155,11 +156,7 @@ def run(args: argparse.Namespace) -> int:
     if args.overwrite and (args.out / "runs").exists():
         shutil.rmtree(args.out / "runs")
     args.out.mkdir(parents=True, exist_ok=True)
-    import yaml
-
-    from tsallis_rl.trainer import write_atomic
-
-    write_atomic(args.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_yaml(args.out / "config.yaml", cfg.to_dict())
     t0 = time.perf_counter()
     n = len(cfg.grid())
     print(f"study escape: {n} runs ({cfg.workers} at a time), {cfg.steps} steps each", flush=True)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from tsallis_rl.errors import ConfigError
+from tsallis_rl.io import read_yaml
 
 
 def _parse_floats(text: str) -> list[float]:
@@ -62,14 +63,7 @@ def build_config(args: argparse.Namespace):
     cfg = TheoryConfig.quick_grid() if args.quick else TheoryConfig()
     fields = {f.name for f in dataclasses.fields(TheoryConfig)}
     if args.config is not None:
-        import yaml
-
-        if not args.config.is_file():
-            raise ConfigError(f"--config {args.config}: no such file")
-        try:
-            data = yaml.safe_load(args.config.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--config {args.config}: invalid YAML: {exc}") from None
+        data = read_yaml(args.config) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"--config {args.config}: expected a mapping of TheoryConfig fields")
         for key, value in data.items():

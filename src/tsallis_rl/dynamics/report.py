@@ -1,19 +1,18 @@
 """Render the theory lab's results: report.md (tables), PNG plots, results.json.
 
-`render(results, out_dir, config)` writes every file atomically (temp file in the same folder, then
-os.replace). Matplotlib runs on the Agg backend (no display needed).
+`render(results, out_dir, config)` writes every file atomically (`tsallis_rl.io`; non-finite numbers
+are null in results.json). Matplotlib runs on the Agg backend (no display needed).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from tsallis_rl.io import write_atomic, write_json, write_yaml
 
 OUTPUT_NAMES = (
     "report.md",
@@ -25,36 +24,6 @@ OUTPUT_NAMES = (
     "bias.png",
     "variance.png",
 )
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temp file in the same folder and os.replace."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _json_safe(x):
-    if isinstance(x, float):
-        if math.isnan(x):
-            return "nan"
-        if math.isinf(x):
-            return "inf" if x > 0 else "-inf"
-        return x
-    if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, np.generic):
-        return _json_safe(x.item())
-    return x
 
 
 def _fmt(x: float, digits: int = 4) -> str:
@@ -82,7 +51,7 @@ def _save_fig(fig, path: Path) -> None:
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
+    write_atomic(path, buf.getvalue())
     plt.close(fig)
 
 
@@ -490,7 +459,6 @@ def render(results: dict, out_dir: Path, config: dict, timings: dict[str, float]
     import matplotlib
 
     matplotlib.use("Agg")
-    import yaml
 
     out = Path(out_dir)
     md = [
@@ -503,8 +471,8 @@ def render(results: dict, out_dir: Path, config: dict, timings: dict[str, float]
         md_fn, plot_fn = SECTION_RENDER[name]
         md.append(md_fn(res))
         plot_fn(res, out)
-    atomic_write_bytes(out / "report.md", "\n".join(md).encode())
+    write_atomic(out / "report.md", "\n".join(md))
     payload = {"config": config, "timings_s": timings, "results": results}
-    atomic_write_bytes(out / "results.json", json.dumps(_json_safe(payload), indent=1).encode())
-    atomic_write_bytes(out / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
+    write_json(out / "results.json", payload, indent=1)
+    write_yaml(out / "config.yaml", config)
     return sorted(p for p in out.iterdir() if p.name in OUTPUT_NAMES)

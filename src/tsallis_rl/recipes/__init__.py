@@ -11,9 +11,8 @@ from dataclasses import dataclass, fields
 from importlib import resources
 from typing import Any
 
-import yaml
-
 from tsallis_rl.errors import RecipeError
+from tsallis_rl.io import parse_yaml
 
 
 @dataclass(frozen=True)
@@ -45,7 +44,7 @@ def load_recipe(name: str) -> Recipe:
     if name not in known:
         raise RecipeError(f"recipe {name!r} does not exist; known: {', '.join(known)}")
     source = f"recipe {name} (tsallis_rl/recipes/{name}.yaml)"
-    data = yaml.safe_load(resources.files(__name__).joinpath(f"{name}.yaml").read_text("utf-8"))
+    data = parse_yaml(resources.files(__name__).joinpath(f"{name}.yaml").read_text("utf-8"), source)
     if not isinstance(data, dict) or not isinstance(data.get("options"), dict):
         raise RecipeError(f"{source}: needs a mapping with an `options` mapping")
     fields_ = {f.name for f in fields(TrainConfig)}
