@@ -34,9 +34,7 @@ def main() -> int:
     if args.fresh_cache:
         env["TSALLIS_RL_CACHE"] = tempfile.mkdtemp(prefix="tsallis-cache-")
         t0 = time.time()
-        code = (
-            "from tsallis_rl.basemodel import ensure_base_model; ensure_base_model(progress=False)"
-        )
+        code = "from tsallis_rl.models.basemodel import ensure_base_model; ensure_base_model(progress=False)"
         subprocess.run([sys.executable, "-c", code], env=env, check=True)
         build_s = time.time() - t0
     t0 = time.time()

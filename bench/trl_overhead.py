@@ -20,7 +20,7 @@ from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
 from tsallis_rl.integrations.trl import TsallisGRPOConfig, TsallisGRPOTrainer
-from tsallis_rl.tiny import build_char_tokenizer, build_tiny_causal_lm
+from tsallis_rl.models.tiny import build_char_tokenizer, build_tiny_causal_lm
 
 
 def exact_match(completions, answer, **kwargs):

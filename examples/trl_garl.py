@@ -78,7 +78,7 @@ def main() -> None:
     tiny = cli.model == "tiny"
     questions, answers = arithmetic(256, cli.seed)
     if tiny:
-        from tsallis_rl.tiny import build_char_tokenizer, build_tiny_causal_lm
+        from tsallis_rl.models.tiny import build_char_tokenizer, build_tiny_causal_lm
 
         tokenizer = build_char_tokenizer()  # no chat template: plain-text prompts
         model = build_tiny_causal_lm(len(tokenizer), hidden_size=64, num_layers=2, num_heads=4)

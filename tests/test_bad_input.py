@@ -27,9 +27,10 @@ def _no_model_work(monkeypatch) -> None:
     def boom(*a, **k):
         raise AssertionError("model work started before the input was checked")
 
-    monkeypatch.setattr("tsallis_rl.experiment.load_model", boom)
-    monkeypatch.setattr("tsallis_rl.basemodel.ensure_base_model", boom)
-    monkeypatch.setattr("tsallis_rl.basemodel.pretrain", boom)
+    monkeypatch.setattr("tsallis_rl.suite.load_model", boom)
+    monkeypatch.setattr("tsallis_rl.models.loading.load_model", boom)
+    monkeypatch.setattr("tsallis_rl.models.basemodel.ensure_base_model", boom)
+    monkeypatch.setattr("tsallis_rl.models.basemodel.pretrain", boom)
 
 
 def _files(tmp: Path) -> None:

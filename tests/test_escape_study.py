@@ -160,7 +160,7 @@ def study(tmp_path: Path, *flags: str) -> int:
 def test_study_refuses_bad_grids_before_building_anything(
     tmp_path, capsys, monkeypatch, flags, message
 ):
-    import tsallis_rl.basemodel as basemodel
+    import tsallis_rl.models.basemodel as basemodel
 
     monkeypatch.setattr(basemodel, "ensure_base_model", lambda *a, **k: pytest.fail("built"))
     assert study(tmp_path, *flags) == 2
@@ -193,8 +193,8 @@ def test_study_escape_on_a_2x2x1_grid_writes_every_output(tmp_path, tiny_model_d
     # a second call refuses the non-empty folder; --resume keeps the finished runs (no training)
     assert study(tmp_path, "--model", str(tiny_model_dir)) == 2
     before = (out / "runs" / "garl_q1_dial3_sgd_s0" / "metrics.jsonl").read_text()
-    import tsallis_rl.experiment as experiment
+    import tsallis_rl.suite as suite
 
-    monkeypatch.setattr(experiment, "train_run", lambda *a, **k: pytest.fail("retrained"))
+    monkeypatch.setattr(suite, "train_run", lambda *a, **k: pytest.fail("retrained"))
     assert study(tmp_path, *flags, "--resume") == 0
     assert (out / "runs" / "garl_q1_dial3_sgd_s0" / "metrics.jsonl").read_text() == before

@@ -20,7 +20,7 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer
 import tsallis_rl.evaluation as ev
 from tsallis_rl.config import TrainConfig
-from tsallis_rl.experiment import make_splits
+from tsallis_rl.suite import make_splits
 from tsallis_rl.tasks import get_task
 from tsallis_rl.trainer import Trainer
 
@@ -90,7 +90,7 @@ def _spied_step(tmp_path, tiny_model_dir, estimator):
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tsallis_rl.experiment import make_splits
+    from tsallis_rl.suite import make_splits
     from tsallis_rl.tasks import get_task
     from tsallis_rl.trainer import Trainer
 

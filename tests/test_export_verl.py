@@ -152,7 +152,7 @@ def test_verl_reads_the_export(tmp_path):
     from verl.utils.dataset.rl_dataset import RLHFDataset
     from verl.utils.import_utils import load_extern_object
 
-    from tsallis_rl.tiny import build_char_tokenizer
+    from tsallis_rl.models.tiny import build_char_tokenizer
 
     out = export(tmp_path, "cold")
     tok = build_char_tokenizer()

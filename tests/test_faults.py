@@ -172,7 +172,7 @@ TINY_BASE = dict(
 def test_a_base_model_build_killed_at_each_point_is_rebuilt_whole(tmp_path, fault):
     from transformers import AutoModelForCausalLM
 
-    from tsallis_rl.basemodel import BaseModelConfig, ensure_base_model
+    from tsallis_rl.models.basemodel import BaseModelConfig, ensure_base_model
 
     cfg = BaseModelConfig(**TINY_BASE)
     _killed_in_fork(fault, ensure_base_model, cfg, tmp_path)

@@ -14,7 +14,6 @@ import torch
 
 from tsallis_rl.config import TrainConfig
 from tsallis_rl.estimators import get_estimator_spec, list_estimators
-from tsallis_rl.experiment import build_trainer
 from tsallis_rl.gradient import (
     answer_token_logps,
     apply_gradient,
@@ -23,6 +22,7 @@ from tsallis_rl.gradient import (
     stack_rows,
 )
 from tsallis_rl.rollout import ANSWER, PROMPT, RATIONALE
+from tsallis_rl.suite import build_trainer
 from tsallis_rl.trainer import Trainer
 
 B, M = 2, 4

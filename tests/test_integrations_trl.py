@@ -27,7 +27,7 @@ from tsallis_rl.integrations.trl import (  # noqa: E402
     build_teacher_forced,
     group_coefficients,
 )
-from tsallis_rl.tiny import build_char_tokenizer, build_tiny_causal_lm  # noqa: E402
+from tsallis_rl.models.tiny import build_char_tokenizer, build_tiny_causal_lm  # noqa: E402
 
 M = 4  # num_generations
 PROMPTS = ["12+34=?", "50-17=?", "7*11=?", "90/3=?"]
@@ -370,7 +370,7 @@ DIST_SCRIPT = r"""
 import sys, torch, torch.distributed as dist
 from datasets import Dataset
 from tsallis_rl.integrations.trl import TsallisGRPOConfig, TsallisGRPOTrainer
-from tsallis_rl.tiny import build_char_tokenizer, build_tiny_causal_lm
+from tsallis_rl.models.tiny import build_char_tokenizer, build_tiny_causal_lm
 tok = build_char_tokenizer()
 P, A, M = ["12+34=?", "50-17=?", "77+11=?"], ["46", "33", "88"], 4
 args = TsallisGRPOConfig(output_dir=sys.argv[2], per_device_train_batch_size=6, num_generations=M,

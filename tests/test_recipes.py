@@ -78,7 +78,7 @@ def test_recipes_command_lists_names_with_descriptions_and_prints_a_recipe(capsy
 def test_tiny_random_model_is_built_once_and_tokenizes_any_printable_text(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tsallis_rl.tiny import ensure_tiny_model
+    from tsallis_rl.models.tiny import ensure_tiny_model
 
     path = ensure_tiny_model("tiny:random", cache_dir=tmp_path)
     assert ensure_tiny_model("tiny:random", cache_dir=tmp_path) == path

@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import tsallis_rl.rollout as rollout_mod
+from tsallis_rl.models.tiny import build_tiny_causal_lm
 from tsallis_rl.rollout import (
     ANSWER,
     ANSWER_PREFIX,
@@ -24,7 +25,6 @@ from tsallis_rl.rollout import (
     sample,
     score,
 )
-from tsallis_rl.tiny import build_tiny_causal_lm
 
 SAMPLERS = ("generate", "loop")
 EOS, PAD, CLOSE = 1, 0, 3

@@ -13,8 +13,8 @@ import yaml
 
 from tsallis_rl.cli import main
 from tsallis_rl.config import ConfigError, TrainConfig, add_arguments, from_args
-from tsallis_rl.experiment import suite_jobs
 from tsallis_rl.report import aggregate_seeds, seed_curve, spread, t_quantile
+from tsallis_rl.suite import suite_jobs
 
 T_975_DF2 = 4.302652729911275  # Student t 0.975-quantile, 2 degrees of freedom (tables)
 
@@ -138,7 +138,7 @@ def test_seeds_from_a_yaml_list(tmp_path):
 def test_bad_seeds_exit_2_naming_the_field_before_anything_is_written(
     tmp_path, monkeypatch, capsys, flags, needle
 ):
-    import tsallis_rl.experiment as exp
+    import tsallis_rl.suite as exp
 
     monkeypatch.setattr(exp, "load_model", lambda *a, **k: pytest.fail("model loaded"))
     out = tmp_path / "never"

@@ -59,7 +59,7 @@ def test_export_verl_runs_on_chainsum(tmp_path: Path):
 @pytest.fixture(scope="module")
 def small_base_model(tmp_path_factory) -> Path:
     """A 2-layer base model pretrained briefly on warm chain sums (the real recipe, scaled down)."""
-    from tsallis_rl.basemodel import BaseModelConfig, pretrain
+    from tsallis_rl.models.basemodel import BaseModelConfig, pretrain
 
     cfg = BaseModelConfig(
         hidden_size=48,

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from tsallis_rl.cli import main
-from tsallis_rl.tiny import build_char_tokenizer
+from tsallis_rl.models.tiny import build_char_tokenizer
 
 FIX = Path(__file__).parent / "fixtures" / "tasks"
 

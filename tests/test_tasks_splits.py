@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tsallis_rl.config import TrainConfig
-from tsallis_rl.experiment import make_splits
+from tsallis_rl.suite import make_splits
 from tsallis_rl.tasks import get_task
 from tsallis_rl.tasks.base import subsample
 

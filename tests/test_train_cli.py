@@ -38,13 +38,13 @@ SMALL = [
 
 
 def _fail_if_model_loaded(monkeypatch):
-    import tsallis_rl.experiment as exp
+    import tsallis_rl.suite as exp
 
     def boom(*a, **k):
         raise AssertionError("a model was loaded before the config was validated")
 
     monkeypatch.setattr(exp, "load_model", boom)
-    monkeypatch.setattr("tsallis_rl.basemodel.ensure_base_model", boom)
+    monkeypatch.setattr("tsallis_rl.models.basemodel.ensure_base_model", boom)
 
 
 @pytest.mark.parametrize(
@@ -211,7 +211,7 @@ def test_sigkilled_run_resumes_to_the_same_metrics_as_an_uninterrupted_run(
 def test_base_model_is_built_once_and_loads_with_from_pretrained(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tsallis_rl.basemodel import BaseModelConfig, ensure_base_model
+    from tsallis_rl.models.basemodel import BaseModelConfig, ensure_base_model
 
     cfg = BaseModelConfig(
         hidden_size=16,
@@ -312,7 +312,7 @@ def test_trainer_runs_on_a_real_task_format_with_official_metrics(tmp_path):
     answers teacher-forced, substring evaluation plus the task's official EM/F1 on majority answers."""
     import string
 
-    from tsallis_rl.tiny import save_tiny_model
+    from tsallis_rl.models.tiny import save_tiny_model
 
     model_dir = save_tiny_model(
         tmp_path / "ascii_model",
@@ -442,7 +442,7 @@ def test_tensorboard_logging_writes_train_and_eval_scalars(tmp_path, tiny_model_
 
 
 def test_file_tasks_train_on_every_example_unless_capped(tmp_path):
-    from tsallis_rl.experiment import make_splits
+    from tsallis_rl.suite import make_splits
     from tsallis_rl.tasks import get_task
 
     data = tmp_path / "qa.jsonl"

@@ -10,8 +10,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tsallis_rl.config import TrainConfig
 from tsallis_rl.estimators import garl_loss, get_estimator_spec, grpo_loss, paft_loss
-from tsallis_rl.experiment import make_splits
 from tsallis_rl.rollout import ANSWER, RATIONALE
+from tsallis_rl.suite import make_splits
 from tsallis_rl.tasks import get_task
 from tsallis_rl.trainer import Trainer, apply_gradient, q_at
 

@@ -18,10 +18,7 @@ is a small FIXED probe set evaluated every `eval_every` steps. This module then
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +27,8 @@ import numpy as np
 
 from tsallis_rl.errors import ConfigError
 from tsallis_rl.io import read_jsonl, write_atomic, write_json, write_yaml
+from tsallis_rl.models import basemodel
+from tsallis_rl.suite import PoolJob, finished_result, train_pool
 
 # --------------------------------------------------------------------------------------------------
 # Pure functions: the detector and the censored fit
@@ -360,35 +359,20 @@ def run_name(q: float, dial: int, optimizer: str, seed: int) -> str:
 
 
 def train_grid(cfg: EscapeStudyConfig, out: Path, *, resume: bool = False) -> dict[str, dict]:
-    """Train every run of the grid (finished ones kept when `resume`) with `experiment.train_run`,
-    up to `cfg.workers` side by side in spawned processes; returns final.json content by tag."""
-    from tsallis_rl.basemodel import BaseModelConfig, ensure_base_model
-    from tsallis_rl.experiment import train_run
-
-    model_path = cfg.model or str(ensure_base_model(BaseModelConfig(threads=cfg.threads)))
+    """Train every run of the grid (finished ones kept when `resume`) in `suite.train_pool`, up to
+    `cfg.workers` side by side; returns final.json content by tag."""
+    base = basemodel.BaseModelConfig(threads=cfg.threads)
+    model_path = cfg.model or str(basemodel.ensure_base_model(base))
     configs = cfg.train_configs(out)
     results: dict[str, dict] = {}
     pending = []
     for tag, run_cfg in configs.items():
-        done = Path(run_cfg.out) / "final.json"
-        if resume and done.exists() and json.loads(done.read_text()).get("steps") == cfg.steps:
-            results[tag] = json.loads(done.read_text())
+        finished = finished_result(Path(run_cfg.out), cfg.steps) if resume else None
+        if finished is not None:
+            results[tag] = finished
         else:
-            pending.append((tag, run_cfg))
-    workers = min(cfg.workers, len(pending))
-    threads = max(1, cfg.threads // max(workers, 1))
-    if workers > 1:
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = {
-                tag: pool.submit(train_run, c.to_dict(), model_path, c.out, threads, i % workers)
-                for i, (tag, c) in enumerate(pending)
-            }
-            for tag, fut in futures.items():
-                results[tag] = fut.result()
-    else:
-        for tag, c in pending:
-            results[tag] = train_run(c.to_dict(), model_path, c.out, threads)
+            pending.append(PoolJob(tag, run_cfg, Path(run_cfg.out)))
+    results.update(train_pool(pending, model_path, workers=cfg.workers, threads=cfg.threads))
     return {tag: results[tag] for tag in configs}
 
 

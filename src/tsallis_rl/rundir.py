@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tsallis_rl.errors import CheckpointError, ConfigError, ModelError
+from tsallis_rl.errors import CheckpointError, ConfigError
 from tsallis_rl.io import (
     OLD,
     TMP,
@@ -286,57 +286,6 @@ def read_weights(ckpt: Path) -> dict[str, Any]:
         except Exception as exc:  # safetensors' own errors say nothing of the file
             raise CheckpointError(f"{f} is damaged ({type(exc).__name__}: {exc})") from None
     return state
-
-
-def load_weights(model: Any, state: dict[str, Any], source: Path) -> None:
-    """Load saved weights into `model` (plain or peft) strictly; a mismatch names `source`."""
-    if hasattr(model, "peft_config"):
-        from peft import set_peft_model_state_dict
-
-        try:
-            result = set_peft_model_state_dict(model, state)
-        except RuntimeError as exc:
-            raise ModelError(
-                f"{source}: weights do not fit the model: {_first_line(exc)}"
-            ) from None
-        unexpected = list(getattr(result, "unexpected_keys", []) or [])
-        if unexpected:
-            raise ModelError(f"{source}: unexpected adapter weights {_some(unexpected)}")
-        return
-    own = model.state_dict()
-    shapes = [
-        f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and tuple(v.shape) != tuple(own[k].shape)
-    ]
-    if shapes:
-        raise ModelError(
-            f"{source}: saved weights have another architecture than the model: {_some(shapes)}"
-        )
-    unexpected = [k for k in state if k not in own]
-    loaded_ptrs = {own[k].data_ptr() for k in state if k in own}
-    # tied weights (lm_head = embeddings) are saved once: missing only if not shared with a loaded one
-    missing = [k for k in own if k not in state and own[k].data_ptr() not in loaded_ptrs]
-    if unexpected or missing:
-        raise ModelError(
-            f"{source}: weights do not match the model: missing {_some(missing)}, "
-            f"unexpected {_some(unexpected)}"
-        )
-    model.load_state_dict(state, strict=False)
-    if getattr(model.config, "tie_word_embeddings", False) and hasattr(model, "tie_weights"):
-        model.tie_weights()
-
-
-def _some(items: list[str], n: int = 3) -> str:
-    return (
-        "[]"
-        if not items
-        else ", ".join(items[:n]) + (f" (+{len(items) - n} more)" if len(items) > n else "")
-    )
-
-
-def _first_line(exc: BaseException) -> str:
-    return next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc))
 
 
 def save_best(run_dir: Path, write: Callable[[Path], None]) -> Path:

@@ -35,6 +35,7 @@ from tsallis_rl.evaluation import EvalResult, eval_seed, evaluate
 from tsallis_rl.gradient import apply_gradient, no_rationale_rows, stack_rows
 from tsallis_rl.io import fault_point, read_jsonl, write_json, write_jsonl
 from tsallis_rl.metrics import get_match_mode
+from tsallis_rl.models.loading import load_weights
 from tsallis_rl.prompts import PromptFormatter, sampling_settings
 from tsallis_rl.rollout import Rollout, SamplingSettings, sample
 from tsallis_rl.rundir import Loggers
@@ -340,7 +341,7 @@ class Trainer:
         if found is None:
             return False
         ckpt, (state, weights) = found
-        rundir.load_weights(self.policy, weights, ckpt)
+        load_weights(self.policy, weights, ckpt)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         rank, world = 0, 1

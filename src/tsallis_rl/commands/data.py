@@ -28,6 +28,7 @@ from typing import Any
 
 from tsallis_rl.config import TrainConfig, default_of
 from tsallis_rl.errors import ConfigError
+from tsallis_rl.models.loading import load_tokenizer, locate_model, quiet_transformers
 from tsallis_rl.prompts import PromptFormatter
 from tsallis_rl.tasks.base import REGIMES, Example, Task, find_split_files, get_task
 
@@ -128,8 +129,6 @@ def _tokenizer(name: str | None) -> Any:
     """The tokenizer of a model name/path, located like `train --model` (fast, clear errors)."""
     if not name:
         return None
-    from tsallis_rl.experiment import load_tokenizer, locate_model, quiet_transformers
-
     quiet_transformers(False)
     if Path(name).expanduser().is_dir():  # a tokenizer folder needs no model config
         return load_tokenizer(str(Path(name).expanduser()))

@@ -27,7 +27,13 @@ from typing import Any
 
 from tsallis_rl.config import TrainConfig, default_of, finite_float, parse_bool
 from tsallis_rl.errors import ConfigError
+from tsallis_rl.evaluation import eval_seed, evaluate
 from tsallis_rl.io import read_yaml, write_json, write_jsonl
+from tsallis_rl.models import loading
+from tsallis_rl.prompts import PromptFormatter, sampling_settings
+from tsallis_rl.rundir import is_run_dir
+from tsallis_rl.suite import check_model, make_splits
+from tsallis_rl.tasks import get_task
 
 # eval flag -> TrainConfig field it sets (a flag left out keeps the run's value, or the default)
 FIELDS = {
@@ -120,8 +126,6 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run_targets(args: argparse.Namespace) -> list[Target]:
     """The methods of `--run` (one run dir, or every method of a suite), checked before any work."""
-    from tsallis_rl.rundir import is_run_dir
-
     root = Path(args.run).expanduser()
     if not root.is_dir():
         raise ConfigError(f"run: {root} is not a directory")
@@ -229,9 +233,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _prepare(target: Target, args: argparse.Namespace) -> tuple[Any, list[Any]]:
     """The task and the examples of the split, validated (data, model, lengths) before any work."""
-    from tsallis_rl.experiment import check_model, make_splits
-    from tsallis_rl.tasks import get_task
-
     cfg = target.cfg.validate("flags")
     task = get_task(cfg.task)
     if args.split == "all":
@@ -250,13 +251,9 @@ def _prepare(target: Target, args: argparse.Namespace) -> tuple[Any, list[Any]]:
 
 def _evaluate(target: Target, task: Any, examples: list[Any], split: str) -> tuple[dict, list]:
     """Evaluate like the trainer does (same prompts, sampling settings, seed and matching)."""
-    from tsallis_rl.evaluation import eval_seed, evaluate
-    from tsallis_rl.experiment import load_model, resolve_device
-    from tsallis_rl.prompts import PromptFormatter, sampling_settings
-
     cfg = target.cfg
-    device, dtype = resolve_device(cfg)
-    model, tokenizer = load_model(cfg, device, dtype)
+    device, dtype = loading.resolve_device(cfg)
+    model, tokenizer = loading.load_model(cfg, device, dtype)
     fmt = PromptFormatter.build(tokenizer, task, cfg)
     settings = sampling_settings(
         fmt, cfg, answer_budget=cfg.answer_budget, temperature=cfg.eval_temperature

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 
 from tsallis_rl.config import add_arguments, from_args
+from tsallis_rl.suite import run_suite
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,8 +33,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tsallis_rl.experiment import run_suite
-
     cfg = from_args(args)
     results = run_suite(cfg)
     if not results:  # a non-main process of a multi-process launch

@@ -22,8 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from tsallis_rl.io import TMP, default_cache_dir, fault_point, file_lock, write_dir_atomic
+from tsallis_rl.models.tiny import build_char_tokenizer, build_tiny_causal_lm
 from tsallis_rl.tasks.chainsum import ALPHABET, COLD_FORM, SURFACE_FORMS, warm_document
-from tsallis_rl.tiny import build_char_tokenizer, build_tiny_causal_lm
 
 FORMAT_VERSION = 1
 

@@ -1,4 +1,5 @@
-"""Model location and the checks before a run starts: clear, fast failures with nothing on disk."""
+"""Models (tsallis_rl.models): locating them fails fast offline and says what was tried; a
+checkpoint folder finds its tokenizer; saved weights load strictly or name the checkpoint."""
 
 from __future__ import annotations
 
@@ -7,13 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from transformers import AutoModelForCausalLM
 
 from tsallis_rl.cli import main
-from tsallis_rl.config import TrainConfig
-from tsallis_rl.errors import ConfigError, ModelError
-from tsallis_rl.experiment import check_lengths, locate_model, tokenizer_source
-from tsallis_rl.tasks import get_task
+from tsallis_rl.errors import ModelError
+from tsallis_rl.models.loading import load_weights, locate_model, tokenizer_source
 
 
 def test_an_unknown_hub_name_offline_fails_at_once_saying_what_was_tried(monkeypatch):
@@ -62,6 +63,20 @@ def test_a_checkpoint_folder_takes_its_tokenizer_from_its_run(tmp_path, tiny_mod
     assert tokenizer_source(str(tiny_model_dir)) == str(tiny_model_dir)
 
 
+def test_missing_and_unexpected_weights_are_errors_naming_the_checkpoint(tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    gone = next(k for k in state if "layers.1" in k)
+    partial = {k: v for k, v in state.items() if k != gone}
+    with pytest.raises(ModelError, match=f"ckpt-x.*missing {gone}"):
+        load_weights(model, partial, Path("ckpt-x"))
+    with pytest.raises(ModelError, match="unexpected extra.weight"):
+        load_weights(model, {**state, "extra.weight": torch.zeros(1)}, Path("ckpt-x"))
+    tied = {k: v for k, v in state.items() if k != "lm_head.weight"}  # saved once when tied
+    if model.config.tie_word_embeddings:
+        load_weights(model, tied, Path("ckpt-x"))
+
+
 def test_eval_of_a_checkpoint_folder_prints_a_labelled_result(tmp_path, tiny_model_dir, capsys):
     ckpt = _checkpoint(tmp_path / "run", tiny_model_dir)
     (ckpt.parents[1] / "config.yaml").write_text(yaml.safe_dump({"model": str(tiny_model_dir)}))
@@ -73,52 +88,3 @@ def test_eval_of_a_checkpoint_folder_prints_a_labelled_result(tmp_path, tiny_mod
     assert "regime cold" in out and "k 2" in out and "m@2 (majority of 2)" in out
     assert main([*flags, "--json"]) == 0
     assert '"m@2"' in capsys.readouterr().out
-
-
-def _short_model(tmp_path: Path) -> Path:
-    from tsallis_rl.tasks.chainsum import ALPHABET
-    from tsallis_rl.tiny import save_tiny_model
-
-    return save_tiny_model(
-        tmp_path / "short", ALPHABET, hidden_size=16, num_layers=1, num_heads=2, max_positions=40
-    )
-
-
-def test_prompts_that_cannot_fit_the_model_are_refused_with_the_numbers(tmp_path):
-    model = _short_model(tmp_path)
-    task = get_task("chainsum")
-    splits = {"val": task.load(n=20)}
-    check_lengths(TrainConfig(thinking_budget=8, answer_budget=2), task, splits, str(model))
-    with pytest.raises(ConfigError) as err:
-        check_lengths(TrainConfig(thinking_budget=30), task, splits, str(model))
-    msg = str(err.value)
-    assert "thinking_budget 30" in msg and "at most 40" in msg and "--thinking-budget" in msg
-
-
-def test_train_refuses_a_model_too_short_for_its_prompts_before_the_run_dir(tmp_path, capsys):
-    model = _short_model(tmp_path)
-    out = tmp_path / "run"
-    argv = ["train", "--model", str(model), "--estimator", "garl", "--thinking-budget", "64"]
-    assert main([*argv, "--out", str(out), "--progress", "false"]) == 2
-    assert "max_position_embeddings" in capsys.readouterr().err
-    assert not out.exists()
-
-
-def test_parallel_runs_show_one_combined_progress_line(tmp_path, capsys):
-    import json
-    from concurrent.futures import Future
-
-    from tsallis_rl.experiment import _combined_progress
-
-    futures = {}
-    for tag, done in (("garl_q0.75", 3), ("grpo", 1)):
-        (tmp_path / tag).mkdir()
-        rows = [{"kind": "train", "step": s} for s in range(1, done + 1)] + [{"kind": "eval"}]
-        (tmp_path / tag / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        futures[tag] = Future()
-        futures[tag].set_result({})
-    _combined_progress(tmp_path, {"garl_q0.75": 5, "grpo": 5}, futures, progress=True)
-    err = capsys.readouterr().err
-    assert "2 runs" in err and "4/10" in err and "garl_q0.75 3/5  grpo 1/5" in err
-    _combined_progress(tmp_path, {"garl_q0.75": 5, "grpo": 5}, futures, progress=False)
-    assert capsys.readouterr().err == ""

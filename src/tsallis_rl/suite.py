@@ -20,192 +20,21 @@ from typing import Any, NamedTuple
 
 import torch
 
-from tsallis_rl.config import ConfigError, TrainConfig, looks_like_path, run_tag
-from tsallis_rl.errors import ModelError
+from tsallis_rl.config import ConfigError, TrainConfig, run_tag
 from tsallis_rl.estimators import get_estimator_spec
-from tsallis_rl.io import read_jsonl, read_yaml
+from tsallis_rl.io import read_jsonl
+from tsallis_rl.models import basemodel
+from tsallis_rl.models.loading import (
+    load_model,
+    load_tokenizer,
+    locate_model,
+    position_limit,
+    quiet_transformers,
+    resolve_device,
+)
 from tsallis_rl.rundir import check_out, prepare_out
 from tsallis_rl.tasks import Example, Task, get_task
 from tsallis_rl.trainer import Trainer
-
-
-def resolve_device(cfg: TrainConfig) -> tuple[torch.device, torch.dtype]:
-    """Device and dtype from cfg: auto = CUDA + bf16 when available, else CPU + fp32."""
-    device = torch.device(
-        "cuda"
-        if cfg.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if cfg.device == "auto" else cfg.device)
-    )
-    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    dtype = names.get(cfg.dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    return device, dtype
-
-
-def locate_model(name: str) -> str:
-    """A loadable reference for `name`: a local directory, or a hub id found in (or fetched into)
-    the local Hugging Face cache. Raises ModelError saying what was tried and how to fix it.
-
-    Fast when offline: the local cache is tried first (no network); the hub only when
-    HF_HUB_OFFLINE is unset and a 3-second connection to it succeeds.
-    """
-    from transformers import AutoConfig
-
-    from tsallis_rl.tiny import ensure_tiny_model, is_tiny_model
-
-    if is_tiny_model(name):  # built locally on first use (smoke recipes, tests): never the hub
-        return str(ensure_tiny_model(name))
-    path = Path(name).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").exists():
-            raise ModelError(f"model: {name} is a directory without config.json (not an HF model)")
-        return str(path)
-    if looks_like_path(name):
-        raise ModelError(f"model: {name}: no such directory")
-    tried = [f"no local directory {name!r}", "not in the local Hugging Face cache"]
-    try:
-        AutoConfig.from_pretrained(name, local_files_only=True)
-        return name
-    except (OSError, ValueError):
-        pass
-    reason = _hub_unreachable()
-    if reason is None:
-        try:
-            AutoConfig.from_pretrained(name)
-            return name
-        except (OSError, ValueError) as exc:
-            reason = f"the hub refused it ({' '.join(str(exc).split())[:160]})"
-    tried.append(reason)
-    raise ModelError(
-        f"model: cannot load {name!r}: {'; '.join(tried)}. Fix: pass a local model directory, "
-        f"or download it where there is network (`hf download {name}`) and copy the cache "
-        "(HF_HOME), or check the name's spelling and access rights"
-    )
-
-
-def _hub_unreachable(timeout: float = 3.0) -> str | None:
-    """Why the Hugging Face hub cannot be reached right now (None when it can)."""
-    import os
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE or os.environ.get("TRANSFORMERS_OFFLINE") == "1":
-        return "hub not tried: offline mode (HF_HUB_OFFLINE)"
-    url = urlparse(constants.ENDPOINT)
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-    except OSError as exc:
-        return f"hub {url.hostname} unreachable ({exc.__class__.__name__})"
-    return None
-
-
-_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.json", "tokenizer.model")
-
-
-def tokenizer_source(model_ref: str) -> str:
-    """Where the tokenizer of `model_ref` lives: itself, or for a checkpoint folder
-    (RUN/<tag>/checkpoints/step-N, which holds weights only) its run's best/ or base model."""
-    path = Path(model_ref)
-    if not path.is_dir() or any((path / f).exists() for f in _TOKENIZER_FILES):
-        return model_ref
-    if (path / "adapter_config.json").exists():
-        raise ModelError(
-            f"model: {path} holds LoRA adapters only; evaluate {path.parent.parent / 'best'} "
-            "(the merged model) instead"
-        )
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
-    if run_dir is not None and any((run_dir / "best" / f).exists() for f in _TOKENIZER_FILES):
-        return str(run_dir / "best")
-    if run_dir is not None and (run_dir / "config.yaml").exists():
-        base = (read_yaml(run_dir / "config.yaml") or {}).get("model")
-        if base is None:
-            from tsallis_rl.basemodel import ensure_base_model
-
-            return str(ensure_base_model(progress=False))
-        return locate_model(str(base))
-    raise ModelError(
-        f"model: {path} has weights but no tokenizer and is not inside a run's checkpoints/; "
-        "pass a folder with a tokenizer, e.g. RUN/<tag>/best"
-    )
-
-
-def quiet_transformers(progress: bool) -> None:
-    """With progress off, silence transformers' and the hub's own loading/saving bars too."""
-    if progress:
-        return
-    import transformers
-    from huggingface_hub.utils import disable_progress_bars
-
-    transformers.utils.logging.disable_progress_bar()
-    disable_progress_bars()
-
-
-def load_tokenizer(model_ref: str) -> Any:
-    """The tokenizer of a located model (pad = eos when it has no pad token)."""
-    from transformers import AutoTokenizer
-
-    source = tokenizer_source(model_ref)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"model: cannot load the tokenizer of {source}: {exc}") from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def load_model(
-    cfg: TrainConfig, device: torch.device, dtype: torch.dtype
-) -> tuple[torch.nn.Module, Any]:
-    """The policy and tokenizer: cfg.model, or the cached default base model; LoRA when asked."""
-    from transformers import AutoModelForCausalLM
-
-    quiet_transformers(cfg.progress)
-    if cfg.model is None:
-        from tsallis_rl.basemodel import ensure_base_model
-
-        path = str(ensure_base_model(progress=cfg.progress))
-    else:
-        path = locate_model(cfg.model)
-    tokenizer = load_tokenizer(path)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
-    except OSError as exc:
-        raise ModelError(f"model: cannot load the weights of {path}: {exc}") from None
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = True
-    if cfg.lora:
-        from peft import LoraConfig, get_peft_model
-
-        targets = (
-            cfg.lora_targets
-            if cfg.lora_targets == "all-linear"
-            else [t.strip() for t in cfg.lora_targets.split(",")]
-        )
-        model = get_peft_model(
-            model,
-            LoraConfig(
-                r=cfg.lora_r,
-                lora_alpha=cfg.lora_alpha,
-                target_modules=targets,
-                task_type="CAUSAL_LM",
-            ),
-        )
-    return model, tokenizer
-
-
-def position_limit(model_ref: str) -> int | None:
-    """The model's maximum sequence length, read from its config only (no weights loaded)."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(model_ref)
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def check_lengths(
@@ -270,9 +99,7 @@ def check_model(cfg: TrainConfig, task: Task, splits: dict[str, list[Example]]) 
     if cfg.model is not None:
         model_ref = locate_model(cfg.model)
     else:
-        from tsallis_rl.basemodel import cached_base_model
-
-        cached = cached_base_model()
+        cached = basemodel.cached_base_model()
         if not (cached / "base_model.json").exists():
             return
         model_ref = str(cached)
@@ -300,14 +127,12 @@ def run_suite(cfg: TrainConfig) -> list[dict[str, Any]]:
     device, _ = resolve_device(cfg)
     model_path = cfg.model
     if model_path is None:
-        from tsallis_rl.basemodel import BaseModelConfig, ensure_base_model
-
-        base_cfg = BaseModelConfig(threads=cfg.threads)
+        base_cfg = basemodel.BaseModelConfig(threads=cfg.threads)
         if is_main:  # built once; the other ranks then find it cached
-            ensure_base_model(base_cfg, progress=cfg.progress)
+            basemodel.ensure_base_model(base_cfg, progress=cfg.progress)
         if accelerator is not None:
             accelerator.wait_for_everyone()
-        model_path = str(ensure_base_model(base_cfg, progress=False))
+        model_path = str(basemodel.ensure_base_model(base_cfg, progress=False))
     if is_main:  # every check passed: only now is --out created, replaced or reopened
         out = prepare_out(cfg)
     if accelerator is not None:
@@ -316,36 +141,18 @@ def run_suite(cfg: TrainConfig) -> list[dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     pending = []
     for job in jobs:
-        done = out / job.run / "final.json"
-        finished = json.loads(done.read_text()) if cfg.resume and done.exists() else None
-        # a finished run is kept; a larger --steps extends it from its last checkpoint
-        if finished and finished.get("steps", 0) >= job.cfg.steps:
+        finished = finished_result(out / job.run, job.cfg.steps) if cfg.resume else None
+        if finished is not None:
             results[job.run] = finished
         else:
-            pending.append(job)
-    workers = min(cfg.workers, len(pending)) if device.type == "cpu" and accelerator is None else 1
-    if workers > 1:
-        threads = max(1, cfg.threads // workers)
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = {  # workers stay silent; this process draws one combined bar
-                job.run: pool.submit(
-                    train_run,
-                    {**job.cfg.to_dict(), "progress": False},
-                    model_path,
-                    str(out / job.run),
-                    threads,
-                )
-                for job in pending
-            }
-            _combined_progress(out, {j.run: j.cfg.steps for j in pending}, futures, cfg.progress)
-            for run, fut in futures.items():
-                results[run] = fut.result()
-    else:
-        for job in pending:
-            results[job.run] = train_run(
-                job.cfg.to_dict(), model_path, str(out / job.run), cfg.threads, 0, accelerator
-            )
+            pending.append(PoolJob(job.run, job.cfg, out / job.run))
+    workers = cfg.workers if device.type == "cpu" and accelerator is None else 1
+    results.update(
+        train_pool(
+            pending, model_path, workers=workers, threads=cfg.threads, progress=cfg.progress,
+            accelerator=accelerator,
+        )
+    )  # fmt: skip
     if not is_main:
         return []  # rank > 0 under accelerate: the main process reports
     ordered = [
@@ -385,6 +192,69 @@ def suite_jobs(cfg: TrainConfig) -> list[Job]:
     return jobs
 
 
+class PoolJob(NamedTuple):
+    """One run for `train_pool`: its name (the key of its result), config and run directory."""
+
+    name: str
+    cfg: TrainConfig
+    run_dir: Path
+
+
+def finished_result(run_dir: Path, steps: int) -> dict[str, Any] | None:
+    """final.json of a run that has trained at least `steps` steps, else None.
+
+    The one rule for "finished" (train --resume, the escape study --resume): such a run is kept;
+    a run with fewer steps (or none) is trained, and a larger --steps extends it from its last
+    checkpoint.
+    """
+    done = Path(run_dir) / "final.json"
+    if not done.exists():
+        return None
+    result = json.loads(done.read_text())
+    return result if result.get("steps", 0) >= steps else None
+
+
+def train_pool(
+    jobs: list[PoolJob],
+    model_path: str,
+    *,
+    workers: int,
+    threads: int,
+    progress: bool = False,
+    accelerator: Any = None,
+) -> dict[str, dict[str, Any]]:
+    """Train every job from `model_path`; returns final.json content by job name.
+
+    The one worker pool: with `workers` > 1 (CPU only; callers pass 1 on GPU or under
+    accelerate), up to that many runs train side by side in spawned processes with the
+    `threads` split between them, silent, while this process draws one combined progress bar;
+    otherwise they train one after another here with all `threads`.
+    """
+    workers = min(workers, len(jobs))
+    if workers <= 1:
+        return {
+            job.name: train_run(
+                job.cfg.to_dict(), model_path, str(job.run_dir), threads, 0, accelerator
+            )
+            for job in jobs
+        }
+    per_worker = max(1, threads // workers)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = {
+            job.name: pool.submit(
+                train_run,
+                {**job.cfg.to_dict(), "progress": False},
+                model_path,
+                str(job.run_dir),
+                per_worker,
+            )
+            for job in jobs
+        }
+        _combined_progress({j.name: (j.run_dir, j.cfg.steps) for j in jobs}, futures, progress)
+        return {name: fut.result() for name, fut in futures.items()}
+
+
 def _union(splits: Any) -> dict[str, list[Example]]:
     """The examples of several {split: examples} dicts merged split by split (for length checks)."""
     merged: dict[str, list[Example]] = {}
@@ -395,7 +265,7 @@ def _union(splits: Any) -> dict[str, list[Example]]:
 
 
 def _combined_progress(
-    out: Path, steps: dict[str, int], futures: dict[str, Any], progress: bool
+    runs: dict[str, tuple[Path, int]], futures: dict[str, Any], progress: bool
 ) -> None:
     """One bar over all parallel runs (steps read from each run's metrics.jsonl) until all end.
 
@@ -407,6 +277,7 @@ def _combined_progress(
 
     from tqdm.auto import tqdm
 
+    steps = {name: n for name, (_, n) in runs.items()}
     tty = sys.stderr.isatty()
     bar = tqdm(
         total=sum(steps.values()),
@@ -418,7 +289,7 @@ def _combined_progress(
     now = dict.fromkeys(steps, 0)
     while True:
         done, running = wait(list(futures.values()), timeout=2.0, return_when=FIRST_EXCEPTION)
-        now = {tag: max(now[tag], _last_step(out / tag)) for tag in steps}
+        now = {tag: max(now[tag], _last_step(runs[tag][0])) for tag in steps}
         bar.update(sum(now.values()) - bar.n)
         bar.set_postfix_str("  ".join(f"{t} {now[t]}/{n}" for t, n in steps.items()), refresh=False)
         if not running or any(f.exception() for f in done):
