@@ -25,18 +25,23 @@ def test_theory_all_quick_writes_report_pngs_and_json(tmp_path, capsys):
     assert (out / "escape.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_theory_refuses_non_empty_out_without_overwrite(tmp_path, capsys):
+def test_theory_never_writes_into_a_folder_it_did_not_make_and_overwrites_its_own(tmp_path, capsys):
     out = tmp_path / "busy"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    rc = main(["theory", "escort", "--out", str(out), "--quick", "--no-progress"])
-    assert rc == 2
-    assert "not empty" in capsys.readouterr().err
-    assert (out / "notes.txt").read_text() == "mine"
-    assert not (out / "report.md").exists()
-    rc = main(["theory", "escort", "--out", str(out), "--quick", "--no-progress", "--overwrite"])
-    assert rc == 0
-    assert (out / "report.md").exists() and (out / "notes.txt").read_text() == "mine"
+    for extra in ([], ["--overwrite"]):  # someone else's folder: refused, even with --overwrite
+        rc = main(["theory", "escort", "--out", str(out), "--quick", "--no-progress", *extra])
+        assert rc == 2
+        assert "not a tsallis-rl run directory" in capsys.readouterr().err
+        assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    ours = tmp_path / "ours"
+    assert main(["theory", "escort", "--out", str(ours), "--quick", "--no-progress"]) == 0
+    assert main(["theory", "escort", "--out", str(ours), "--quick", "--no-progress"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    (ours / "stale.txt").write_text("from before")
+    rc = main(["theory", "escort", "--out", str(ours), "--quick", "--no-progress", "--overwrite"])
+    assert rc == 0 and (ours / "report.md").exists() and not (ours / "stale.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["busy", "ours"]  # old copy removed
 
 
 def test_theory_config_yaml_and_bad_fields(tmp_path, capsys):

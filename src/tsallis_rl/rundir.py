@@ -24,7 +24,6 @@ from tsallis_rl.errors import CheckpointError, ConfigError
 from tsallis_rl.io import (
     OLD,
     TMP,
-    append_jsonl,
     fault_point,
     read_jsonl,
     read_yaml,
@@ -74,9 +73,13 @@ def is_run_dir(path: Path) -> bool:
         return False
 
 
-def mark_run_dir(path: Path) -> None:
-    """Write the marker that makes `path` a run directory (and so deletable by --overwrite)."""
-    payload = {"format": "tsallis-rl run", "version": MARKER_VERSION, "created": time.time()}
+def mark_run_dir(path: Path, kind: str = "train") -> None:
+    """Write the marker that makes `path` our output folder (and so replaceable by --overwrite);
+    `kind` records the command that made it."""
+    payload = {
+        "format": "tsallis-rl run", "version": MARKER_VERSION, "kind": kind,
+        "created": time.time(),
+    }  # fmt: skip
     write_atomic(Path(path) / MARKER, json.dumps(payload) + "\n")
 
 
@@ -108,9 +111,15 @@ def check_resume_config(config_path: Path, new: dict[str, Any]) -> dict[str, tup
     return {k: v for k, v in changes.items() if k not in ("resume", "overwrite")}
 
 
-def check_out(cfg: Any) -> None:
-    """Check that cfg.out may be used as asked (fresh, --resume, --overwrite); writes nothing."""
-    out = Path(cfg.out)
+def check_out_dir(out: Path, *, overwrite: bool, resume: bool | None = None) -> None:
+    """The one --out policy of every command that writes a folder; checks, writes nothing.
+
+    An absent or empty folder is used. A file is refused. An existing folder without this
+    project's marker is refused: never written into, never deleted. A marked one needs
+    --overwrite (it is replaced: see `claim_out_dir`) or, for commands that can continue their
+    work (`resume` not None), --resume. Raises ConfigError naming the folder and the way out.
+    """
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out: {out} is a file, not a directory")
     if not out.exists() or not _has_content(out):
@@ -120,13 +129,49 @@ def check_out(cfg: Any) -> None:
             f"out: {out} exists and is not a tsallis-rl run directory (no {MARKER}); "
             "refusing to write into it or delete it; choose another --out"
         )
-    if cfg.overwrite:
+    if overwrite or resume:
         return
-    if not cfg.resume:
-        raise ConfigError(
-            f"out: {out} already exists; pass --resume to continue it or --overwrite to replace it"
-        )
-    if (out / "config.yaml").exists():
+    ways = (
+        "--overwrite to replace it"
+        if resume is None
+        else ("--resume to continue it or --overwrite to replace it")
+    )
+    raise ConfigError(f"out: {out} already exists; pass {ways}")
+
+
+def claim_out_dir(
+    out: Path, *, overwrite: bool, kind: str, setup: Callable[[Path], None] | None = None
+) -> Path:
+    """Create (or replace, or reopen) `out` as a marked folder, once `check_out_dir` and every
+    other check passed.
+
+    --overwrite moves the old folder aside, creates and marks the new one, runs `setup(out)`
+    (e.g. writes its config), and only then deletes the old one (a kill in between leaves one
+    of them whole; a later claim removes the leftover).
+    """
+    out = Path(out)
+    if overwrite and out.exists() and _has_content(out):
+        os.replace(out, out.with_name(f".{out.name}{OLD}{os.getpid()}"))
+        fault_point("overwrite:aside")
+    out.mkdir(parents=True, exist_ok=True)
+    clean_stale(out)
+    if not is_run_dir(out):  # first, so that a kill from here on leaves a marked folder
+        mark_run_dir(out, kind)
+    if setup is not None:
+        setup(out)
+    # the old folder, and any an earlier --overwrite was killed before deleting, go last
+    for aside in out.parent.glob(f".{out.name}{OLD}*"):
+        if is_run_dir(aside):
+            shutil.rmtree(aside)
+    return out
+
+
+def check_out(cfg: Any) -> None:
+    """Check that a training run's cfg.out may be used as asked (fresh, --resume, --overwrite),
+    and that a --resume changes only what may change; writes nothing."""
+    check_out_dir(Path(cfg.out), overwrite=cfg.overwrite, resume=cfg.resume)
+    out = Path(cfg.out)
+    if cfg.resume and not cfg.overwrite and (out / "config.yaml").exists():
         check_resume_config(out / "config.yaml", cfg.to_dict())
 
 
@@ -136,24 +181,17 @@ def _has_content(folder: Path) -> bool:
 
 
 def prepare_out(cfg: Any) -> Path:
-    """Create (or replace, or reopen) cfg.out after `check_out` and every other check passed.
+    """Create (or replace, or reopen) a training run's cfg.out after every check passed.
 
-    --overwrite moves the old run aside, creates the new one, and only then deletes the old one.
     A fresh run gets the marker and config.yaml; a resume appends its changes to resumes.jsonl.
     """
     check_out(cfg)
-    out = Path(cfg.out)
-    if cfg.overwrite and out.exists() and _has_content(out):
-        os.replace(out, out.with_name(f".{out.name}{OLD}{os.getpid()}"))
-        fault_point("overwrite:aside")
-    out.mkdir(parents=True, exist_ok=True)
-    clean_stale(out)
-    start_run_dir(out, cfg.to_dict(), resume=cfg.resume)
-    # the old run, and any an earlier --overwrite was killed before deleting, go last
-    for aside in out.parent.glob(f".{out.name}{OLD}*"):
-        if is_run_dir(aside):
-            shutil.rmtree(aside)
-    return out
+    return claim_out_dir(
+        Path(cfg.out),
+        overwrite=cfg.overwrite,
+        kind="train",
+        setup=lambda out: start_run_dir(out, cfg.to_dict(), resume=cfg.resume),
+    )
 
 
 def start_run_dir(run_dir: Path, cfg_dict: dict[str, Any], *, resume: bool) -> None:
@@ -161,7 +199,7 @@ def start_run_dir(run_dir: Path, cfg_dict: dict[str, Any], *, resume: bool) -> N
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not is_run_dir(run_dir):  # first, so that a kill from here on leaves a resumable run dir
-        mark_run_dir(run_dir)
+        mark_run_dir(run_dir, "train")
     config = run_dir / "config.yaml"
     if resume and config.exists():
         changes = check_resume_config(config, cfg_dict)
@@ -295,55 +333,3 @@ def save_best(run_dir: Path, write: Callable[[Path], None]) -> Path:
     fault_point("best:swapped")
     remove(aside)
     return dest
-
-
-# --------------------------------------------------------------------------------------------------
-# Loggers
-
-
-class Loggers:
-    """metrics.jsonl always (append-only, fsynced); TensorBoard and W&B when asked."""
-
-    def __init__(self, run_dir: Path, cfg: Any, name: str) -> None:
-        self.path = Path(run_dir) / "metrics.jsonl"
-        self.sinks: list[Callable[[dict[str, Any]], None]] = []
-        self.closers: list[Callable[[], Any]] = []
-        if cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
-            self.closers.append(tb.close)
-            self.sinks.append(
-                lambda rec: [
-                    tb.add_scalar(f"{rec['kind']}/{k}", v, rec["step"])
-                    for k, v in rec.items()
-                    if isinstance(v, float | int) and k != "step"
-                ]
-            )
-        if cfg.wandb:
-            import wandb
-
-            wb = wandb.init(
-                project=cfg.wandb_project, name=name, config=cfg.to_dict(), dir=str(run_dir)
-            )
-            self.closers.append(wb.finish)
-            self.sinks.append(
-                lambda rec: wb.log(
-                    {f"{rec['kind']}/{k}": v for k, v in rec.items() if isinstance(v, float | int)},
-                    step=rec["step"],
-                )
-            )
-
-    def close(self) -> None:
-        """Flush and close the TensorBoard / W&B sinks."""
-        for close in self.closers:
-            close()
-
-    def log(self, record: dict[str, Any]) -> None:
-        append_jsonl(self.path, record)
-        for sink in self.sinks:
-            sink(record)
-
-    def truncate_after(self, step: int) -> None:
-        """Keep the records up to `step` (a resumed run rewrites the later ones); drops a torn tail."""
-        write_jsonl(self.path, [r for r in read_jsonl(self.path) if r["step"] <= step])

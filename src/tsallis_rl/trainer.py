@@ -34,11 +34,11 @@ from tsallis_rl.estimators import get_estimator_spec
 from tsallis_rl.evaluation import EvalResult, eval_seed, evaluate
 from tsallis_rl.gradient import apply_gradient, no_rationale_rows, stack_rows
 from tsallis_rl.io import fault_point, read_jsonl, write_json, write_jsonl
+from tsallis_rl.loggers import Loggers
 from tsallis_rl.metrics import get_match_mode
 from tsallis_rl.models.loading import load_weights
 from tsallis_rl.prompts import PromptFormatter, sampling_settings
 from tsallis_rl.rollout import Rollout, SamplingSettings, sample
-from tsallis_rl.rundir import Loggers
 from tsallis_rl.tasks.base import Example, Task
 
 # --------------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from tsallis_rl.evaluation import eval_seed, evaluate
 from tsallis_rl.io import read_yaml, write_json, write_jsonl
 from tsallis_rl.models import loading
 from tsallis_rl.prompts import PromptFormatter, sampling_settings
-from tsallis_rl.rundir import is_run_dir
+from tsallis_rl.rundir import check_out_dir, claim_out_dir, is_run_dir
 from tsallis_rl.suite import check_model, make_splits
 from tsallis_rl.tasks import get_task
 
@@ -97,6 +97,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     opt("--seed", "seed", "sampling seed", type=int)
     opt("--progress", "progress", "show progress bars", type=parse_bool, nargs="?", const=True)
     p.add_argument("--out", help="write summary.json and records.jsonl here")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an --out folder this command wrote before"
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON (for machines)")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     p.set_defaults(func=run)
@@ -211,6 +214,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"flags: limit = {args.limit}: must be >= 0 (0 = all)")
     if args.method and not args.run:
         raise ConfigError("method: only with --run (the methods of a run directory)")
+    if args.out:
+        check_out_dir(Path(args.out), overwrite=args.overwrite)  # before any work
     targets = _run_targets(args) if args.run else [_model_target(args)]
     prepared = [_prepare(t, args) for t in targets]  # every check before any model is loaded
     results = []
@@ -222,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(render_summary(summary, target, args, len(examples)))
     if args.out:
-        out = Path(args.out)
+        out = claim_out_dir(Path(args.out), overwrite=args.overwrite, kind="eval")
         for target, summary, records in results:
             dest = out if len(results) == 1 else out / _slug(target, Path(args.run))
             head = {"evaluated": _describe(target, args, len(records))}

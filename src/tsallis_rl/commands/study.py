@@ -6,18 +6,19 @@ log(escape step) against log(1/p0) per (q, optimiser), beside the theory's 1 - q
     tsallis-rl study escape --q 0.5,0.75,1 --dial 1,2,3,4 --optimizers sgd,adam --out runs/escape
     tsallis-rl study escape --q 0.75,1 --dial 1,3 --optimizers adam --steps 10 --out /tmp/e
 Writes OUT/report.md, OUT/results.json, OUT/config.yaml, OUT/escape_steps.png, OUT/curves.png and
-every run under OUT/runs/. OUT must be empty or absent unless --overwrite or --resume is given.
+every run under OUT/runs/. OUT must be empty or absent unless --resume (keep its finished runs) or
+--overwrite (replace it) is given, and only a folder tsallis-rl wrote is ever reused or replaced.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from pathlib import Path
 
 from tsallis_rl.errors import ConfigError
 from tsallis_rl.io import write_yaml
+from tsallis_rl.rundir import check_out_dir, claim_out_dir
 
 
 def _list(kind: type, what: str):
@@ -102,7 +103,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--model", help="base model path (default: the project's cached chain-sum base model)"
     )
-    p.add_argument("--overwrite", action="store_true", help="delete OUT/runs and rewrite OUT")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT (a folder this wrote)")
     p.add_argument(
         "--resume", action="store_true", help="keep finished runs in OUT/runs, train the rest"
     )
@@ -136,16 +137,7 @@ def build_config(args: argparse.Namespace):
 def _check_out(out: Path, overwrite: bool, resume: bool) -> None:
     if overwrite and resume:
         raise ConfigError("--overwrite and --resume cannot be combined")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (overwrite or resume):
-        raise ConfigError(
-            f"--out {out} is not empty; pass --resume to keep its runs or --overwrite"
-        )
-    if overwrite and out.is_dir() and any(out.iterdir()) and not (out / "config.yaml").exists():
-        raise ConfigError(
-            f"--out {out} is not a study folder (no config.yaml); refusing to delete it"
-        )
+    check_out_dir(out, overwrite=overwrite, resume=resume)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -153,9 +145,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = build_config(args)
     _check_out(args.out, args.overwrite, args.resume)
-    if args.overwrite and (args.out / "runs").exists():
-        shutil.rmtree(args.out / "runs")
-    args.out.mkdir(parents=True, exist_ok=True)
+    claim_out_dir(args.out, overwrite=args.overwrite, kind="study")
     write_yaml(args.out / "config.yaml", cfg.to_dict())
     t0 = time.perf_counter()
     n = len(cfg.grid())

@@ -3,7 +3,7 @@
 Writes report.md (tables), PNG plots, results.json (every number) and config.yaml into DIR.
     tsallis-rl theory all --out runs/theory            # full grids, under 2 minutes on 2 cores
     tsallis-rl theory bias --out /tmp/b --quick         # small grids, seconds
-DIR must be empty or absent unless --overwrite is given.
+DIR must be empty or absent; --overwrite replaces a DIR that tsallis-rl wrote (never another one).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tsallis_rl.errors import ConfigError
 from tsallis_rl.io import read_yaml
+from tsallis_rl.rundir import check_out_dir, claim_out_dir
 
 
 def _parse_floats(text: str) -> list[float]:
@@ -45,7 +46,9 @@ def register(subparsers) -> None:
     p.add_argument("section", choices=["escape", "noise", "escort", "bias", "all"])
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--quick", action="store_true", help="small grids (seconds)")
-    p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out folder")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an --out folder this command wrote before"
+    )
     p.add_argument("--config", type=Path, help="YAML file of TheoryConfig fields")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--q", type=_parse_floats, help="q grid for every section, e.g. 0,0.5,1")
@@ -87,13 +90,6 @@ def build_config(args: argparse.Namespace):
     return cfg
 
 
-def _check_out_dir(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"--out {out} is not empty; pass --overwrite to write into it anyway")
-
-
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -101,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from tsallis_rl.dynamics.report import render
 
     cfg = build_config(args)
-    _check_out_dir(args.out, args.overwrite)
+    check_out_dir(args.out, overwrite=args.overwrite)  # before any work
     sections = list(SECTIONS) if args.section == "all" else [args.section]
     results, timings = {}, {}
     total = sum(cfg.units(s) for s in sections)
@@ -111,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
             t0 = time.perf_counter()
             results[name] = RUNNERS[name](cfg, bar.update)
             timings[name] = round(time.perf_counter() - t0, 3)
-    args.out.mkdir(parents=True, exist_ok=True)
+    claim_out_dir(args.out, overwrite=args.overwrite, kind="theory")
     t0 = time.perf_counter()
     written = render(results, args.out, cfg.to_dict(), timings)
     timings["render"] = round(time.perf_counter() - t0, 3)
