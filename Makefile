@@ -1,5 +1,5 @@
 # make run  : install into .venv and run the main job (the CPU cold-start experiment)
-# make test : install into .venv and run the test suite
+# make test : install into .venv, check the import layers (lint-imports), run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -21,6 +21,7 @@ run: install
 	$(VENV)/bin/tsallis-rl train
 
 test: install
+	$(VENV)/bin/lint-imports  # the layers of ARCHITECTURE.md (contracts in pyproject.toml)
 	$(PY) -m pytest
 	$(MAKE) test-verl
 

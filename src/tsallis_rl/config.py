@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import math
 import re
 import types
@@ -18,8 +19,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from tsallis_rl.errors import ConfigError
+from tsallis_rl.errors import ConfigError, RecipeError
+from tsallis_rl.estimators import get_estimator_spec, list_estimators
 from tsallis_rl.io import read_yaml
+from tsallis_rl.recipes import load_recipe
 
 
 def _opt(default: Any, help: str, choices: tuple | None = None, **kw: Any) -> Any:
@@ -174,7 +177,6 @@ class TrainConfig:
         Pure checks of values and of the local file system only (no model is loaded, nothing is
         written): `sources` maps a field to the file or "flags" that set it, default `source`.
         """
-        from tsallis_rl.estimators import get_estimator_spec, list_estimators
 
         def bad(name: str, why: str) -> None:
             where = (sources or {}).get(name, source)
@@ -475,7 +477,7 @@ def from_args(args: argparse.Namespace) -> TrainConfig:
         if getattr(args, f.name, None) is not None
     }
     recipe_name = flags.get("recipe", from_yaml.get("recipe"))
-    from_recipe = _recipe_options(recipe_name) if recipe_name else {}
+    from_recipe = recipe_options(recipe_name) if recipe_name else {}
     if {"estimator", "estimators"} & set(from_yaml):  # the YAML's choice of runs wins
         from_recipe = {k: v for k, v in from_recipe.items() if k not in ("estimator", "estimators")}
     sources = {
@@ -515,11 +517,15 @@ def from_args(args: argparse.Namespace) -> TrainConfig:
     return cfg
 
 
-def _recipe_options(name: str) -> dict[str, Any]:
-    """The options of the packaged recipe `name` (ConfigError naming the known ones if unknown)."""
-    from tsallis_rl.recipes import load_recipe
-
-    return dict(load_recipe(str(name)).options)
+def recipe_options(name: str) -> dict[str, Any]:
+    """The options of the packaged recipe `name`, checked to be TrainConfig fields (RecipeError
+    naming the recipe file and option, or the known recipes if `name` is unknown)."""
+    recipe = load_recipe(str(name))
+    known = {f.name for f in fields(TrainConfig)}
+    for key in recipe.options:
+        if key not in known:
+            raise RecipeError(f"{recipe.source}: unknown option {key!r}")
+    return dict(recipe.options)
 
 
 ESTIMATOR_OPTIONS = (
@@ -535,10 +541,6 @@ ESTIMATOR_OPTIONS = (
 
 def _refuse_unused_options(cfg: TrainConfig, given: set[str], sources: dict[str, str]) -> None:
     """An option given explicitly that no run of this config would read is an error, not ignored."""
-    import inspect
-
-    from tsallis_rl.estimators import get_estimator_spec
-
     names = sorted({n for n, _ in cfg.runs()})
     for option in ESTIMATOR_OPTIONS:
         if option not in given:
@@ -588,8 +590,6 @@ def _coerce_types(cfg: TrainConfig, sources: dict[str, str]) -> None:
 
 def _refuse_unused_q(cfg: TrainConfig, sources: dict[str, str]) -> None:
     """An explicit q with a suite whose every run names its own q (or has none) would be ignored."""
-    from tsallis_rl.estimators import get_estimator_spec
-
     if cfg.estimators is None:
         if not get_estimator_spec(cfg.estimator).uses_q:
             raise ConfigError(

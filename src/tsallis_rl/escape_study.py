@@ -25,10 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from tsallis_rl.config import TrainConfig
 from tsallis_rl.errors import ConfigError
 from tsallis_rl.io import read_jsonl, write_atomic, write_json, write_yaml
 from tsallis_rl.models import basemodel
 from tsallis_rl.suite import PoolJob, finished_result, train_pool
+from tsallis_rl.tasks.chainsum import DIAL_FORMS
 
 # --------------------------------------------------------------------------------------------------
 # Pure functions: the detector and the censored fit
@@ -291,8 +293,6 @@ class EscapeStudyConfig:
         missing = [o for o in self.optimizers if self.lr.get(o, 0) <= 0]
         if missing:
             raise ConfigError(f"--lr: no positive learning rate for {missing}")
-        from tsallis_rl.tasks.chainsum import DIAL_FORMS
-
         bad_d = [d for d in self.dials if not 0 <= d < len(DIAL_FORMS)]
         if bad_d:
             raise ConfigError(f"--dial: settings {bad_d} outside 0..{len(DIAL_FORMS) - 1}")
@@ -321,8 +321,6 @@ class EscapeStudyConfig:
 
     def train_configs(self, out: Path) -> dict[str, Any]:
         """TrainConfig of every run, keyed by its tag (directory name under out/runs)."""
-        from tsallis_rl.config import TrainConfig
-
         configs = {}
         for q, d, opt, seed in self.grid():
             tag = run_name(q, d, opt, seed)

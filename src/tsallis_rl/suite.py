@@ -32,8 +32,11 @@ from tsallis_rl.models.loading import (
     quiet_transformers,
     resolve_device,
 )
+from tsallis_rl.prompts import PromptFormatter
+from tsallis_rl.report import write_report
 from tsallis_rl.rundir import check_out, prepare_out
 from tsallis_rl.tasks import Example, Task, get_task
+from tsallis_rl.tasks.base import subsample
 from tsallis_rl.trainer import Trainer
 
 
@@ -42,8 +45,6 @@ def check_lengths(
 ) -> None:
     """Refuse (ConfigError) when the longest prompt + thinking budget + answer does not fit the
     model's position limit; names the numbers and the flags that change them."""
-    from tsallis_rl.prompts import PromptFormatter
-
     limit = position_limit(model_ref)
     if limit is None:
         return
@@ -73,8 +74,6 @@ def make_splits(task: Task, cfg: TrainConfig) -> dict[str, list[Example]]:
     (a seeded subsample of a split that has its own file, see `Task.splits`). A task whose
     `splits` takes no train_size gets its training split capped here by the same seeded rule.
     """
-    from tsallis_rl.tasks.base import subsample
-
     if task.needs_path and not cfg.data:
         raise ConfigError(f"task {cfg.task!r} needs --data (a file or directory)")
     if cfg.data and not Path(cfg.data).exists():
@@ -163,8 +162,6 @@ def run_suite(cfg: TrainConfig) -> list[dict[str, Any]]:
         }
         for j in jobs
     ]
-    from tsallis_rl.report import write_report
-
     write_report(out, cfg, ordered)
     return ordered
 

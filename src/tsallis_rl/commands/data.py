@@ -30,7 +30,8 @@ from tsallis_rl.config import TrainConfig, default_of
 from tsallis_rl.errors import ConfigError
 from tsallis_rl.models.loading import load_tokenizer, locate_model, quiet_transformers
 from tsallis_rl.prompts import PromptFormatter
-from tsallis_rl.tasks.base import REGIMES, Example, Task, find_split_files, get_task
+from tsallis_rl.tasks import get_task
+from tsallis_rl.tasks.base import REGIMES, Example, Task, find_split_files
 
 
 def register(subparsers: Any) -> None:

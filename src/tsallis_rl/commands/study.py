@@ -17,6 +17,13 @@ import time
 from pathlib import Path
 
 from tsallis_rl.errors import ConfigError
+from tsallis_rl.escape_study import (
+    EscapeStudyConfig,
+    analyse,
+    fit_table,
+    train_grid,
+    write_outputs,
+)
 from tsallis_rl.io import write_yaml
 from tsallis_rl.rundir import check_out_dir, claim_out_dir
 
@@ -48,8 +55,6 @@ def _lrs(text: str) -> dict[str, float]:
 
 
 def register(subparsers) -> None:
-    from tsallis_rl.escape_study import EscapeStudyConfig
-
     d = EscapeStudyConfig()
     p = subparsers.add_parser(
         "study",
@@ -122,8 +127,6 @@ FLAGS = {
 
 def build_config(args: argparse.Namespace):
     """EscapeStudyConfig from its defaults and the flags given; validated (ConfigError if bad)."""
-    from tsallis_rl.escape_study import EscapeStudyConfig
-
     cfg = EscapeStudyConfig()
     for flag, name in FLAGS.items():
         value = getattr(args, flag, None)
@@ -141,8 +144,6 @@ def _check_out(out: Path, overwrite: bool, resume: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tsallis_rl.escape_study import analyse, train_grid, write_outputs
-
     cfg = build_config(args)
     _check_out(args.out, args.overwrite, args.resume)
     claim_out_dir(args.out, overwrite=args.overwrite, kind="study")
@@ -155,7 +156,5 @@ def run(args: argparse.Namespace) -> int:
     results["wall_seconds"] = round(time.perf_counter() - t0, 1)
     written = write_outputs(cfg, results, args.out)
     print(f"wrote {', '.join(p.name for p in written)} to {args.out} ({results['wall_seconds']} s)")
-    from tsallis_rl.escape_study import fit_table
-
     print(fit_table(results["fits"]))
     return 0

@@ -13,6 +13,8 @@ import dataclasses
 import time
 from pathlib import Path
 
+from tsallis_rl.dynamics.lab import RUNNERS, SECTIONS, TheoryConfig
+from tsallis_rl.dynamics.report import render
 from tsallis_rl.errors import ConfigError
 from tsallis_rl.io import read_yaml
 from tsallis_rl.rundir import check_out_dir, claim_out_dir
@@ -61,8 +63,6 @@ def register(subparsers) -> None:
 
 def build_config(args: argparse.Namespace):
     """TheoryConfig from (quick grid or defaults) < YAML file < flags."""
-    from tsallis_rl.dynamics.lab import TheoryConfig
-
     cfg = TheoryConfig.quick_grid() if args.quick else TheoryConfig()
     fields = {f.name for f in dataclasses.fields(TheoryConfig)}
     if args.config is not None:
@@ -92,9 +92,6 @@ def build_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
-
-    from tsallis_rl.dynamics.lab import RUNNERS, SECTIONS
-    from tsallis_rl.dynamics.report import render
 
     cfg = build_config(args)
     check_out_dir(args.out, overwrite=args.overwrite)  # before any work

@@ -2,8 +2,8 @@
 memorisation, the escort minimiser, and the bias/variance of GARL and PAFT.
 
 Run it as `tsallis-rl theory all --out DIR` (report.md, PNGs, results.json), or use the pieces:
-    from tsallis_rl.dynamics import sigmoid_escape_time
-    sigmoid_escape_time(1e-6, q=0.75)
+    >>> from tsallis_rl.dynamics import sigmoid_escape_time
+    >>> sigmoid_escape_time(1e-6, q=0.75)
 """
 
 from tsallis_rl.dynamics.bias import (

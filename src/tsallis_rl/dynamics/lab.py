@@ -1,8 +1,8 @@
 """The theory lab's experiments: each `run_*` takes a `TheoryConfig` and returns a JSON-ready dict
 of every number it computed (no I/O here; `dynamics.report` writes report.md, PNGs, results.json).
 
-    from tsallis_rl.dynamics.lab import TheoryConfig, run_escape
-    res = run_escape(TheoryConfig.quick_grid())
+    >>> from tsallis_rl.dynamics.lab import TheoryConfig, run_escape
+    >>> res = run_escape(TheoryConfig.quick_grid())
 """
 
 from __future__ import annotations

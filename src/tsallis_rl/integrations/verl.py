@@ -56,6 +56,7 @@ import torch
 from torch import Tensor
 
 from tsallis_rl.estimators import garl_coefficients, paft_loss
+from tsallis_rl.tasks import Example, get_task
 
 __all__ = [
     "ESTIMATORS",
@@ -318,14 +319,10 @@ def compute_paft_outcome_advantage(
 
 @functools.lru_cache(maxsize=32)
 def _task(name: str) -> Any:
-    from tsallis_rl.tasks import get_task
-
     return get_task(name)
 
 
 def _example(ground_truth: str, extra_info: Mapping[str, Any]) -> Any:
-    from tsallis_rl.tasks import Example
-
     raw = extra_info.get("example")
     if raw:
         d = json.loads(raw) if isinstance(raw, str) else dict(raw)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tsallis_rl.errors import ConfigError, DataError, UserError
+from tsallis_rl.errors import ConfigError, DataError
 
 REGIMES = ("warm", "cold")
 THINK_OPEN = "<think>"
@@ -452,49 +452,6 @@ def register_task(name: str) -> Callable[[Callable[..., Task]], Callable[..., Ta
         return factory
 
     return deco
-
-
-def get_task(name: str, **options: Any) -> Task:
-    """The task registered under `name`; "rg:<spec>" goes to the reasoning-gym factory."""
-    import tsallis_rl.tasks  # noqa: F401  (registers the built-in tasks)
-
-    key, _, spec = name.partition(":")
-    if spec and f"{key}:" in _TASKS:
-        return _TASKS[f"{key}:"](spec, **options)
-    base, qmark, query = name.partition("?")
-    if qmark and base in _TASKS:  # "chainsum?dial=3&num_operands=5": options in the name
-        try:
-            return _TASKS[base](**{**_name_options(name, query), **options})
-        except UserError:
-            raise
-        except (TypeError, ValueError) as exc:  # an option the task does not take, or a bad value
-            raise ConfigError(f"task {name!r}: {exc}") from None
-    if name not in _TASKS:
-        known = ", ".join(sorted(k + ("<name>" if k.endswith(":") else "") for k in _TASKS))
-        raise ConfigError(f"unknown task {name!r}; known: {known}")
-    return _TASKS[name](**options)
-
-
-def _name_options(name: str, query: str) -> dict[str, Any]:
-    """ "k=v&k2=v2" -> {"k": v, ...} with YAML scalars (3 -> int, 0.5 -> float, else str)."""
-    import yaml
-
-    out: dict[str, Any] = {}
-    for part in filter(None, query.split("&")):
-        key, eq, value = part.partition("=")
-        if not eq or not key.strip():
-            raise ConfigError(f"task {name!r}: bad option {part!r}; expected key=value")
-        try:
-            out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError:
-            out[key.strip()] = value
-    return out
-
-
-def list_tasks() -> list[str]:
-    import tsallis_rl.tasks  # noqa: F401
-
-    return sorted(_TASKS)
 
 
 def format_for_model(content: str, tokenizer: Any = None, *, chat: bool | None = None) -> str:
