@@ -334,9 +334,10 @@ def test_specs_declare_inputs_rollouts_and_options():
     rlpr = get_estimator_spec("rlpr")
     assert rlpr.needs_answer_tokens and rlpr.needs_no_rationale and not rlpr.sequence_only
     assert (
-        get_estimator_spec("rft").needs_answer_budget and get_estimator_spec("grpo").needs_rewards
+        get_estimator_spec("rft").needs_sampled_rewards
+        and get_estimator_spec("grpo").needs_sampled_rewards
     )
-    assert not get_estimator_spec("verifree").needs_answer_budget
+    assert not get_estimator_spec("verifree").needs_sampled_rewards
     assert (
         get_estimator_spec("iwae").min_rollouts == 2
         and get_estimator_spec("paft").min_rollouts == 1

@@ -81,12 +81,12 @@ def test_trainer_gradient_equals_core_estimator_gradient(
     B, M = 2, 4
     examples = tr.batch_examples(0)
     rolls = tr._sample(
-        [tr._prompt(ex) for ex in examples for _ in range(M)],
+        [tr.prompt_ids(ex) for ex in examples for _ in range(M)],
         answer_budget=0,
         temperature=1.0,
         gen=torch.Generator().manual_seed(1),
     )
-    rolls = [r.with_answer(tr._gold(examples[i // M])) for i, r in enumerate(rolls)]
+    rolls = [r.with_answer(tr.gold_ids(examples[i // M])) for i, r in enumerate(rolls)]
     # by hand: independent unpadded forwards, then the core estimator
     tr.model.zero_grad()
     rat, ans, _ = _naive_logps(tr.model, rolls)
@@ -108,7 +108,7 @@ def test_trainer_gradient_equals_core_estimator_gradient(
         B,
         M,
         tr._estimator_call(q),
-        pad_id=tr.enc.pad_id,
+        pad_id=tr.formatter.pad_id,
         micro_batch=micro_batch,
     )
     got = _grads(tr.model)
@@ -121,7 +121,7 @@ def test_trainer_grpo_gradient_equals_core_grpo_loss(tmp_path, tiny_model_dir, m
     B, M = 2, 4
     examples = tr.batch_examples(0)
     rolls = tr._sample(
-        [tr._prompt(ex) for ex in examples for _ in range(M)],
+        [tr.prompt_ids(ex) for ex in examples for _ in range(M)],
         answer_budget=3,
         temperature=1.0,
         gen=torch.Generator().manual_seed(2),
@@ -146,7 +146,7 @@ def test_trainer_grpo_gradient_equals_core_grpo_loss(tmp_path, tiny_model_dir, m
         B,
         M,
         tr._estimator_call(0.0),
-        pad_id=tr.enc.pad_id,
+        pad_id=tr.formatter.pad_id,
         micro_batch=micro_batch,
         rewards=rewards,
     )
@@ -175,12 +175,12 @@ def test_training_raises_log_p_hat_on_a_fixed_batch(tmp_path, tiny_model_dir, es
     ex = tr.splits["train"][:2]
     probe_gen = torch.Generator().manual_seed(0)
     probe = tr._sample(
-        [tr._prompt(e) for e in ex for _ in range(8)],
+        [tr.prompt_ids(e) for e in ex for _ in range(8)],
         answer_budget=0,
         temperature=1.0,
         gen=probe_gen,
     )
-    probe = [r.with_answer(tr._gold(ex[i // 8])) for i, r in enumerate(probe)]
+    probe = [r.with_answer(tr.gold_ids(ex[i // 8])) for i, r in enumerate(probe)]
 
     def mean_log_p():
         with torch.no_grad():

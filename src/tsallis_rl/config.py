@@ -276,7 +276,7 @@ class TrainConfig:
             need = spec.required_rollouts({"baseline": self.baseline})
             if self.num_rollouts < need:
                 bad("num_rollouts", f"{name} (leave-one-out/group baseline) needs M >= {need}")
-            if spec.needs_answer_budget and self.answer_budget < 1:
+            if spec.needs_sampled_rewards and self.answer_budget < 1:
                 bad("answer_budget", f"{name} samples its answer: needs >= 1")
         if self.eval_every and self.answer_budget < 1:
             bad("answer_budget", "evaluation samples answers: needs >= 1")

@@ -84,14 +84,14 @@ class EstimatorSpec:
     options: tuple[str, ...] = ()
 
     @property
-    def needs_answer_budget(self) -> bool:
-        """True when rollouts must sample their answer (and the task's reward scores it)."""
+    def needs_sampled_rewards(self) -> bool:
+        """True when it trains on the task's rewards of sampled answers (so rollouts sample their
+        answer, within the answer budget) instead of on the teacher-forced gold answer."""
         return self.inputs == "sampled_reward"
 
-    @property
-    def needs_rewards(self) -> bool:
-        """True when the estimator consumes rewards of sampled answers instead of teacher-forced w."""
-        return self.inputs == "sampled_reward"
+    # the old name, kept only while tests/test_gradient.py (the prefix-sharing branch's file)
+    # reads it; the lead removes it when that branch merges onto this one
+    needs_answer_budget = needs_sampled_rewards
 
     @property
     def sequence_only(self) -> bool:

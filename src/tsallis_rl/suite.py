@@ -352,13 +352,3 @@ def _maybe_accelerator(cfg: TrainConfig) -> Any:
 
     device, _ = resolve_device(cfg)
     return Accelerator(cpu=device.type == "cpu")  # cpu=True selects gloo (MULTI_CPU)
-
-
-def combined_metrics(out: Path, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every run's metrics.jsonl records, tagged with their run."""
-    rows = []
-    for res in results:
-        seed = {"seed": res["seed"]} if "run" in res else {}
-        for rec in read_jsonl(out / res.get("run", res["tag"]) / "metrics.jsonl"):
-            rows.append({"method": res["tag"], **seed, **rec})
-    return rows

@@ -210,17 +210,6 @@ def _type_names(types: type | tuple[type, ...]) -> str:
     return " or ".join(names.get(t, t.__name__) for t in ts)
 
 
-def check_unique_ids(examples: list[Example], path: str | Path) -> None:
-    seen: dict[str, int] = {}
-    for i, ex in enumerate(examples):
-        if ex.id in seen:
-            line = ex.meta.get("line")
-            raise DataError(
-                path, line, "id", f"duplicate id {ex.id!r} (also item {seen[ex.id] + 1})"
-            )
-        seen[ex.id] = i
-
-
 SPLIT_NAMES = {
     "train": ("train",),
     "val": ("val", "valid", "validation", "dev"),
