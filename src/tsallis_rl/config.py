@@ -420,9 +420,10 @@ def parse_bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
 
 
-def field_type(name: str) -> type:
-    """The value type of a TrainConfig field from its annotation (`int | None` -> int)."""
-    hint = typing.get_type_hints(TrainConfig)[name]
+def field_type(name: str, cls: type = None) -> type:  # type: ignore[assignment]
+    """The value type of a config field from its annotation (`int | None` -> int); `cls` defaults
+    to TrainConfig."""
+    hint = typing.get_type_hints(cls or TrainConfig)[name]
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
     return hint
@@ -435,32 +436,51 @@ def finite_float(s: str) -> float:
     return value
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field (type from its annotation, default shown), plus --config."""
-    parser.add_argument("--config", help="YAML file of options (flags override it)")
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
+def add_field_flags(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    flags: dict[str, str] | None = None,
+    *,
+    default_note: str = "",
+) -> None:
+    """The one flag generator of every subcommand: a flag per dataclass field of `cls`, its type
+    from the annotation (bools take an optional true/false, floats must be finite), its help and
+    choices from the field's metadata, its default shown (`default_note` appended). Every flag
+    defaults to None, so "given" and "left out" stay apart (a left-out flag keeps the YAML's, the
+    recipe's or the run's value). `flags` maps flag name -> field (default: every field, same name).
+    """
+    by_name = {f.name: f for f in fields(cls)}
+    for flag, name in (flags or {n: n for n in by_name}).items():
+        f = by_name[name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_text = f"{f.metadata['help']} (default: {default})"
-        kind = field_type(f.name)
+        help_text = f"{f.metadata.get('help', name)} (default: {default}{default_note})"
+        kind = field_type(name, cls)
+        option = "--" + flag.replace("_", "-")
         if kind is bool:
             parser.add_argument(
-                flag,
-                type=parse_bool,
-                nargs="?",
-                const=True,
-                default=None,
-                metavar="BOOL",
-                help=help_text,
-            )
+                option, dest=flag, type=parse_bool, nargs="?", const=True, default=None,
+                metavar="BOOL", help=help_text,
+            )  # fmt: skip
         else:
             parser.add_argument(
-                flag,
-                type=finite_float if kind is float else kind,
-                default=None,
-                choices=f.metadata.get("choices"),
-                help=help_text,
-            )
+                option, dest=flag, type=finite_float if kind is float else kind, default=None,
+                choices=f.metadata.get("choices"), help=help_text,
+            )  # fmt: skip
+
+
+def given_fields(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
+    """{field: value} of the flags (flag name -> field) that were given on the command line."""
+    return {
+        field: getattr(args, flag)
+        for flag, field in flags.items()
+        if getattr(args, flag, None) is not None
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`tsallis-rl train`'s flags: one per TrainConfig field (`add_field_flags`), plus --config."""
+    parser.add_argument("--config", help="YAML file of options (flags override it)")
+    add_field_flags(parser, TrainConfig)
 
 
 def from_args(args: argparse.Namespace) -> TrainConfig:
