@@ -15,7 +15,6 @@ from tsallis_rl.config import (
     add_arguments,
     field_type,
     from_args,
-    run_tag,
 )
 
 
@@ -81,13 +80,6 @@ def test_non_finite_numbers_are_refused_by_validate(field, value):
         dataclasses.replace(
             TrainConfig(q_schedule="linear", q_end=0.5), **{field: value}
         ).validate()
-
-
-def test_schedule_runs_are_named_by_what_they_ran():
-    assert run_tag("garl", 1.0, True, "linear", 0.5) == "garl_q1to0.5-linear"
-    assert run_tag("paft", 0.75, True, "step", 0.0) == "paft_q0.75to0-step"
-    assert run_tag("garl", 0.75, True) == "garl_q0.75"
-    assert run_tag("grpo", 0.75, False, "linear", 0.5) == "grpo"
 
 
 def test_step_schedule_requires_its_switch_step_and_it_applies_only_there():

@@ -10,7 +10,7 @@ import pytest
 from tsallis_rl.cli import main
 from tsallis_rl.config import TrainConfig
 from tsallis_rl.errors import ConfigError
-from tsallis_rl.suite import check_lengths
+from tsallis_rl.suite import check_lengths, run_tag
 from tsallis_rl.tasks import get_task
 
 
@@ -62,3 +62,10 @@ def test_parallel_runs_show_one_combined_progress_line(tmp_path, capsys):
     assert "2 runs" in err and "4/10" in err and "garl_q0.75 3/5  grpo 1/5" in err
     _combined_progress(runs, futures, progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_schedule_runs_are_named_by_what_they_ran():
+    assert run_tag("garl", 1.0, True, "linear", 0.5) == "garl_q1to0.5-linear"
+    assert run_tag("paft", 0.75, True, "step", 0.0) == "paft_q0.75to0-step"
+    assert run_tag("garl", 0.75, True) == "garl_q0.75"
+    assert run_tag("grpo", 0.75, False, "linear", 0.5) == "grpo"

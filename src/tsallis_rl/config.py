@@ -21,7 +21,7 @@ from typing import Any
 
 from tsallis_rl.errors import ConfigError, RecipeError
 from tsallis_rl.estimators import get_estimator_spec, list_estimators
-from tsallis_rl.io import read_yaml
+from tsallis_rl.io import looks_like_path, read_yaml
 from tsallis_rl.recipes import load_recipe
 
 
@@ -372,27 +372,6 @@ class TrainConfig:
 
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
-
-
-def looks_like_path(name: str) -> bool:
-    """True when `name` can only be a local path (not a hub id such as `org/model`)."""
-    return name.startswith((".", "/", "~")) or "\\" in name or not _HUB_ID.fullmatch(name)
-
-
-def run_tag(
-    name: str,
-    q: float | None,
-    uses_q: bool,
-    schedule: str = "constant",
-    q_end: float | None = None,
-) -> str:
-    """Directory/legend name of one run: garl_q0.75, grpo, or garl_q1to0.5-linear for a schedule."""
-    if not uses_q or q is None:
-        return name
-    if schedule != "constant" and q_end is not None:
-        return f"{name}_q{q:g}to{q_end:g}-{schedule}"
-    return f"{name}_q{q:g}"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@
   `append_jsonl` (fsynced), `write_jsonl` (atomic).
 - YAML: `read_yaml` / `parse_yaml` (`yaml.safe_load`, a ConfigError naming the file and line),
   `write_yaml` (atomic).
-- `default_cache_dir()`: where built models are cached ($TSALLIS_RL_CACHE, else ~/.cache/tsallis-rl).
+- `default_cache_dir()`: where built models are cached ($TSALLIS_RL_CACHE, else ~/.cache/tsallis-rl);
+  `looks_like_path(name)`: a name that can only be a local path (not a hub id).
 
 Every temporary name contains TMP and every moved-aside one OLD, so leftovers of a killed write are
 recognisable (and removed by whoever owns the folder).
@@ -23,6 +24,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -168,6 +170,14 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def looks_like_path(name: str) -> bool:
+    """True when `name` can only be a local path (not a hub id such as `org/model`)."""
+    return name.startswith((".", "/", "~")) or "\\" in name or not _HUB_ID.fullmatch(name)
 
 
 def default_cache_dir() -> Path:

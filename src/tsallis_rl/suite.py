@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from tsallis_rl.config import ConfigError, TrainConfig, run_tag
+from tsallis_rl.config import ConfigError, TrainConfig
 from tsallis_rl.estimators import get_estimator_spec
 from tsallis_rl.io import read_jsonl
 from tsallis_rl.models import basemodel
@@ -173,6 +173,21 @@ class Job(NamedTuple):
     tag: str
     seed: int
     run: str  # its directory under OUT: <tag>, or <tag>/seed-<s> when the suite has several seeds
+
+
+def run_tag(
+    name: str,
+    q: float | None,
+    uses_q: bool,
+    schedule: str = "constant",
+    q_end: float | None = None,
+) -> str:
+    """Directory/legend name of one run: garl_q0.75, grpo, or garl_q1to0.5-linear for a schedule."""
+    if not uses_q or q is None:
+        return name
+    if schedule != "constant" and q_end is not None:
+        return f"{name}_q{q:g}to{q_end:g}-{schedule}"
+    return f"{name}_q{q:g}"
 
 
 def suite_jobs(cfg: TrainConfig) -> list[Job]:

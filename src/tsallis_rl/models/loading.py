@@ -20,9 +20,9 @@ from huggingface_hub import constants
 from huggingface_hub.utils import disable_progress_bars
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from tsallis_rl.config import TrainConfig, looks_like_path
+from tsallis_rl.config import TrainConfig
 from tsallis_rl.errors import ModelError
-from tsallis_rl.io import read_yaml
+from tsallis_rl.io import looks_like_path, read_yaml
 from tsallis_rl.models import basemodel
 from tsallis_rl.models.tiny import ensure_tiny_model, is_tiny_model
 
