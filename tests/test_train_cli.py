@@ -489,5 +489,6 @@ def test_help_shows_defaults_once_and_speaks_of_m_at_k(capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "--k K samples per example (default: 16, or the run's)" in text and "m@k" in text
-    assert "cold (no format cue) (default: cold, or the run's)" in text
+    # eval's flags are generated from TrainConfig's fields, like train's: one help text per option
+    assert "--k K samples per example for p@k / m@k (default: 16, or the run's)" in text
+    assert "cold (linearised, no format cue) (default: cold, or the run's)" in text
