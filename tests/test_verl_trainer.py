@@ -132,9 +132,10 @@ def test_each_check_refuses_its_bad_setting_naming_the_key(tf_args, override, ke
 
 
 def test_bf16_log_probs_warn_but_run(tf_args, caplog):
-    cfg = composed(tf_args + ["actor_rollout_ref.actor.fsdp_config.dtype=bfloat16"])
+    key = "actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype"
+    cfg = composed(tf_args + [f"{key}=bf16"])
     warnings = vt.check_teacher_forced_config(cfg)
-    assert len(warnings) == 1 and "fsdp_config.dtype=bfloat16" in warnings[0]
+    assert len(warnings) == 1 and f"{key}=bf16" in warnings[0]
     assert "fp32 is recommended" in caplog.text
 
 

@@ -60,8 +60,9 @@ case "$WEIGHT" in
       +algorithm.tsallis_weight=teacher_forced
       # verl's legacy trainer: the one whose actor update is overridden
       trainer.use_v1=False
-      # log w sums log-probs over y*: bf16 differs from fp32 by up to 0.02 per token
-      actor_rollout_ref.actor.fsdp_config.dtype=float32
+      # log w sums log-probs over y*: verl's FSDP engine computes in bf16 unless told otherwise,
+      # and bf16 log-probs differ from fp32 by up to 0.02 per token
+      "+actor_rollout_ref.actor.fsdp_config.mixed_precision={param_dtype:fp32,reduce_dtype:fp32,buffer_dtype:fp32}"
     ) ;;
   *) echo "WEIGHT must be reward or teacher_forced, got '$WEIGHT'" >&2; exit 2 ;;
 esac

@@ -72,7 +72,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-FP32 = ("fp32", "float32", "torch.float32")
+FP32 = ("fp32", "float32", "32", "torch.float32")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -155,11 +155,13 @@ def check_teacher_forced_config(config: Any) -> list[str]:
     warnings = []
     strategy = _get(config, f"{actor}.strategy", "fsdp")
     if strategy in ("fsdp", "fsdp2"):
-        dtype = _get(config, f"{actor}.fsdp_config.dtype", "bfloat16")
+        key = f"{actor}.fsdp_config.mixed_precision.param_dtype"
+        dtype = _get(config, key, "bf16")  # verl's FSDP engine computes in bf16 unless set
         if str(dtype) not in FP32:
             warnings.append(
-                f"{actor}.fsdp_config.dtype={dtype}: log w sums log-probs over y*, and bf16 engine "
-                "log-probs differ from fp32 by up to 0.02 per token; fp32 is recommended"
+                f"{key}={dtype}: log w sums log-probs over y*, and bf16 engine log-probs differ "
+                "from fp32 by up to 0.02 per token; fp32 is recommended "
+                f"(+{actor}.fsdp_config.mixed_precision={{param_dtype:fp32}})"
             )
     for w in warnings:
         log.warning(w)
