@@ -44,6 +44,9 @@ from verl import DataProto
 from verl.trainer import main_ppo_v0
 from verl.trainer.main_ppo import run_ppo
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer
+from verl.trainer.ppo.utils import need_critic, need_reference_policy
+from verl.utils.config import validate_config
+from verl.utils.device import auto_set_device
 
 from tsallis_rl.integrations.verl import (
     ESTIMATORS,
@@ -285,10 +288,6 @@ class TeacherForcedTaskRunner(_V0_TASK_RUNNER):
 @hydra.main(config_path="pkg://verl.trainer.config", config_name="ppo_trainer", version_base=None)
 def main(config: Any) -> None:
     """verl's `main_ppo` with the teacher-forced trainer; its config is refused before Ray starts."""
-    from verl.trainer.ppo.utils import need_critic, need_reference_policy
-    from verl.utils.config import validate_config
-    from verl.utils.device import auto_set_device
-
     auto_set_device(config)
     check_teacher_forced_config(config)
     validate_config(
