@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,80 +91,61 @@ def _get(config: Any, dotted: str, default: Any = None) -> Any:
     return default if node is None else node
 
 
-def _refuse(key: str, value: Any, why: str) -> ValueError:
-    return ValueError(f"{key}={value!r}: algorithm.tsallis_weight=teacher_forced {why}")
+@dataclass(frozen=True)
+class Check:
+    """One setting the teacher-forced update needs: `ok(value, config)` or a refusal naming `key`."""
+
+    key: str
+    default: Any  # verl's default where the key is absent
+    ok: Callable[[Any, Any], bool]
+    why: str
+
+
+_A, _R, _C = "actor_rollout_ref.actor", "actor_rollout_ref.rollout", "algorithm.rollout_correction"
+_OFF = "trains y*, which the rollout never sampled: turn it off"
+CHECKS: tuple[Check, ...] = (
+    Check("algorithm.adv_estimator", None, lambda v, c: v in ESTIMATORS, f"needs one of {ESTIMATORS}"),
+    Check("trainer.use_v1", True, lambda v, c: not v, "runs verl's legacy trainer: set it to False"),
+    Check(f"{_A}.ppo_epochs", 1, lambda v, c: v == 1, "needs 1 (a second pass would PPO-clip the pathwise term)"),
+    Check(
+        f"{_A}.ppo_mini_batch_size", None, lambda v, c: v == _get(c, "data.train_batch_size"),
+        "needs one optimiser step per batch: set it to data.train_batch_size",
+    ),
+    Check(f"{_A}.loss_agg_mode", None, lambda v, c: v == LOSS_AGG_MODE, f"needs {LOSS_AGG_MODE} (the estimator's normalisation)"),
+    Check(f"{_A}.policy_loss.loss_mode", "vanilla", lambda v, c: v == "vanilla", "needs vanilla"),
+    Check(f"{_A}.use_kl_loss", False, lambda v, c: not v, "has no KL term (it would act on y*)"),
+    Check(f"{_A}.entropy_coeff", 0, lambda v, c: v == 0, "has no entropy term (it would act on y*)"),
+    Check(f"{_C}.rollout_is", None, lambda v, c: v is None, _OFF),
+    Check(f"{_C}.rollout_rs", None, lambda v, c: v is None, _OFF),
+    Check(f"{_C}.bypass_mode", False, lambda v, c: not v, _OFF),
+    Check(f"{_R}.temperature", 1.0, lambda v, c: math.isclose(float(v), 1.0), "needs 1.0 (w and the update use p at T = 1)"),
+    Check(f"{_R}.multi_turn.enable", False, lambda v, c: not v, "supports single-turn rollouts only"),
+)  # fmt: skip
 
 
 def check_teacher_forced_config(config: Any) -> list[str]:
     """Refuse (ValueError naming the key) settings under which the teacher-forced update is wrong.
 
-    config: verl's whole `ppo_trainer` config. Returns warnings (strings, also logged) for settings
-    that are legal but not recommended (bf16 log-probs).
+    config: verl's whole `ppo_trainer` config. Every entry of CHECKS, then the `tsallis_*` keys.
+    Returns warnings (strings, also logged) for legal settings that are not recommended (bf16).
     """
-    estimator = _get(config, "algorithm.adv_estimator")
-    if estimator not in ESTIMATORS:
-        raise _refuse("algorithm.adv_estimator", estimator, f"needs one of {ESTIMATORS}")
-    if _get(config, "trainer.use_v1", True):
-        raise _refuse(
-            "trainer.use_v1", True, "runs verl's legacy trainer: set trainer.use_v1=False"
-        )
-    actor = "actor_rollout_ref.actor"
-    epochs = _get(config, f"{actor}.ppo_epochs", 1)
-    if epochs != 1:
-        raise _refuse(
-            f"{actor}.ppo_epochs",
-            epochs,
-            "needs 1 (a second pass would PPO-clip the pathwise term)",
-        )
-    mini, train = (
-        _get(config, f"{actor}.ppo_mini_batch_size"),
-        _get(config, "data.train_batch_size"),
-    )
-    if mini != train:
-        raise _refuse(
-            f"{actor}.ppo_mini_batch_size",
-            mini,
-            f"needs one optimiser step per batch: set it to data.train_batch_size ({train})",
-        )
-    mode = _get(config, f"{actor}.loss_agg_mode")
-    if mode != LOSS_AGG_MODE:
-        raise _refuse(
-            f"{actor}.loss_agg_mode", mode, f"needs {LOSS_AGG_MODE} (the estimator's normalisation)"
-        )
-    loss_mode = _get(config, f"{actor}.policy_loss.loss_mode", "vanilla")
-    if loss_mode != "vanilla":
-        raise _refuse(f"{actor}.policy_loss.loss_mode", loss_mode, "needs vanilla")
-    if _get(config, f"{actor}.use_kl_loss", False):
-        raise _refuse(f"{actor}.use_kl_loss", True, "has no KL term (it would act on y*)")
-    entropy = _get(config, f"{actor}.entropy_coeff", 0)
-    if entropy != 0:
-        raise _refuse(f"{actor}.entropy_coeff", entropy, "has no entropy term (it would act on y*)")
-    corr = "algorithm.rollout_correction"
-    for key, off in (("rollout_is", None), ("rollout_rs", None), ("bypass_mode", False)):
-        value = _get(config, f"{corr}.{key}", off)
-        if value != off and value is not None:
-            raise _refuse(
-                f"{corr}.{key}", value, "trains y*, which the rollout never sampled: turn it off"
+    for check in CHECKS:
+        value = _get(config, check.key, check.default)
+        if not check.ok(value, config):
+            raise ValueError(
+                f"{check.key}={value!r}: algorithm.tsallis_weight=teacher_forced {check.why}"
             )
-    rollout = "actor_rollout_ref.rollout"
-    temperature = _get(config, f"{rollout}.temperature", 1.0)
-    if not math.isclose(float(temperature), 1.0):
-        raise _refuse(
-            f"{rollout}.temperature", temperature, "needs 1.0 (w and the update use p at T = 1)"
-        )
-    if _get(config, f"{rollout}.multi_turn.enable", False):
-        raise _refuse(f"{rollout}.multi_turn.enable", True, "supports single-turn rollouts only")
     read_config(_get(config, "algorithm"))  # the tsallis_* keys themselves
     warnings = []
-    strategy = _get(config, f"{actor}.strategy", "fsdp")
+    strategy = _get(config, f"{_A}.strategy", "fsdp")
     if strategy in ("fsdp", "fsdp2"):
-        key = f"{actor}.fsdp_config.mixed_precision.param_dtype"
+        key = f"{_A}.fsdp_config.mixed_precision.param_dtype"
         dtype = _get(config, key, "bf16")  # verl's FSDP engine computes in bf16 unless set
         if str(dtype) not in FP32:
             warnings.append(
                 f"{key}={dtype}: log w sums log-probs over y*, and bf16 engine log-probs differ "
                 "from fp32 by up to 0.02 per token; fp32 is recommended "
-                f"(+{actor}.fsdp_config.mixed_precision={{param_dtype:fp32}})"
+                f"(+{_A}.fsdp_config.mixed_precision={{param_dtype:fp32}})"
             )
     for w in warnings:
         log.warning(w)
