@@ -41,6 +41,11 @@ def test_verl_trainer_entry_points_import_in_the_extras_environment():
         "verl.workers.engine_workers",  # actor/rollout workers: need uvicorn, fastapi
         "verl.trainer.ppo.v1",  # the default v1 trainer: needs TransferQueue, pyzmq, msgspec
         "transfer_queue",
+        # what RayPPOTrainer.init_workers imports once Ray is up
+        "verl.experimental.reward_loop",
+        "verl.experimental.agent_loop",
+        "verl.checkpoint_engine",
+        "verl.workers.rollout.replica",
     ):
         importlib.import_module(name)
     from verl.trainer.ppo.v1 import get_trainer_cls
