@@ -419,6 +419,7 @@ def fake_trainer(params, **over):
 
 def _char_batch(tok, sizes=(4, 4, 4), seed=0):
     """Rollout rows in the char tokenizer's ids (so the trainer's own gold ids line up)."""
+    assert (tok.pad_token_id, tok.eos_token_id) == (PAD, EOS)  # the helper pads with PAD
     g = torch.Generator().manual_seed(seed)
     think, eos = tok.convert_tokens_to_ids("</think>"), tok.eos_token_id
     letters = tok("abcdefgh", add_special_tokens=False)["input_ids"]
@@ -435,9 +436,7 @@ def _char_batch(tok, sizes=(4, 4, 4), seed=0):
             comps.append(comp)
             uids.append(f"p{k}")
             truths.append(str(10 + k))
-    batch = rollout_batch(prompts, comps, uids, truths)
-    batch.batch["prompts"][batch.batch["attention_mask"][:, : batch.batch["prompts"].shape[1]] == 0] = tok.pad_token_id  # fmt: skip
-    return batch
+    return rollout_batch(prompts, comps, uids, truths)
 
 
 def test_update_actor_override_trains_the_spliced_batch_with_core_advantages():
