@@ -34,7 +34,8 @@ $(VERL_VENV)/.installed: pyproject.toml
 	touch $@
 
 test-verl: $(VERL_VENV)/.installed
-	OMP_NUM_THREADS=1 $(VERL_VENV)/bin/python -m pytest tests/test_integrations_verl.py tests/test_export_verl.py
+	OMP_NUM_THREADS=1 $(VERL_VENV)/bin/python -m pytest tests/test_integrations_verl.py tests/test_export_verl.py \
+		tests/test_verl_teacher_forced.py tests/test_verl_trainer.py tests/test_verl_actor.py
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench examples

@@ -6,6 +6,16 @@
 #   bash examples/verl/run_garl_qwen3_0.6b.sh                        # FinQA, warm start, GARL q=0.75
 #   TASK=hotpotqa DATA=../shared/data/hotpotqa ESTIMATOR=paft Q=0.75 \
 #       bash examples/verl/run_garl_qwen3_0.6b.sh trainer.total_epochs=20    # extra args go to verl
+#   WEIGHT=teacher_forced REGIME=cold bash examples/verl/run_garl_qwen3_0.6b.sh  # the paper's weights
+#
+# WEIGHT: reward (default) weights each rollout by its 0/1 reward, through verl's own trainer.
+# WEIGHT=teacher_forced uses the paper's w = p(y*|x, z) and the pathwise term: it launches
+# `python -m tsallis_rl.integrations.verl_trainer` (verl's legacy trainer, trainer.use_v1=False,
+# whose actor update first rebuilds each rollout as [x, z, </think>, y*]; docs/verl.md). That mode
+# is tested on CPU piece by piece (the splice, the gradient through verl's loss, verl's real FSDP
+# actor in one process) but has NOT been run end to end here: verl 0.9 has no CPU rollout and
+# this project has no vLLM GPU machine. For a tested cold start use `tsallis-rl train` or the TRL
+# adapter (tsallis_weight="answer_likelihood").
 #
 # TRAINING STEPS: verl drops the last incomplete batch, so a run makes
 # floor(train rows / PROMPTS_PER_STEP) x trainer.total_epochs steps. The default data
@@ -14,15 +24,17 @@
 # (6,145 questions: 96 steps per epoch) or pass trainer.total_epochs / PROMPTS_PER_STEP.
 #
 # COLD START: with REGIME=cold the 0/1 rewards of a cold model are all 0, so every group gets
-# weight 0 and no gradient (like GRPO). This script refuses REGIME=cold unless ALLOW_COLD_REWARD=1;
-# the paper's cold-start escape needs the teacher-forced weight w = p(y*|x, z): use `tsallis-rl
-# train` or the TRL adapter (tsallis_weight="answer_likelihood") for that.
+# weight 0 and no gradient (like GRPO). This script refuses REGIME=cold with WEIGHT=reward unless
+# ALLOW_COLD_REWARD=1; the paper's cold-start escape needs the teacher-forced weight
+# w = p(y*|x, z): WEIGHT=teacher_forced here (untested end to end), or `tsallis-rl train` / the
+# TRL adapter (tsallis_weight="answer_likelihood"), which are tested.
 #
 # The paper's setting (METHOD.md section 5): M = 32 rollouts per prompt, q = 0.75 to escape a cold
 # start, exact-match training reward, 16 validation samples scored by substring match. What differs
-# from the paper here: w_m is the 0/1 sampled reward, not the teacher-forced p(y*|x, z_m), so there
-# is no pathwise term and an all-wrong group gives no gradient (docs/verl.md says why and what it
-# would take); and verl does no budget forcing (a response cut at max_response_length scores 0).
+# from the paper with WEIGHT=reward: w_m is the 0/1 sampled reward, not the teacher-forced
+# p(y*|x, z_m), so there is no pathwise term and an all-wrong group gives no gradient; verl does no
+# budget forcing (a response cut at max_response_length scores 0). WEIGHT=teacher_forced has the
+# paper's weights and budget-forces `</think>` in the actor update.
 set -euo pipefail
 
 TASK=${TASK:-finqa}                          # finqa | hotpotqa | musique | jsonl | rg:<spec>
@@ -36,15 +48,34 @@ NNODES=${NNODES:-1}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 PROMPTS_PER_STEP=${PROMPTS_PER_STEP:-64}     # x 32 rollouts = 2048 sequences per step
 MAX_RESPONSE=${MAX_RESPONSE:-4096}           # the paper's FinQA budget (HotPotQA 3072, MuSiQue 2048)
+WEIGHT=${WEIGHT:-reward}                     # reward | teacher_forced (w = p(y*|x, z), see above)
 
-if [[ "$REGIME" == cold && "${ALLOW_COLD_REWARD:-0}" != 1 ]]; then
+case "$WEIGHT" in
+  reward)
+    ENTRY=verl.trainer.main_ppo
+    MODE_ARGS=() ;;
+  teacher_forced)
+    ENTRY=tsallis_rl.integrations.verl_trainer
+    MODE_ARGS=(
+      +algorithm.tsallis_weight=teacher_forced
+      # verl's legacy trainer: the one whose actor update is overridden
+      trainer.use_v1=False
+      # log w sums log-probs over y*: verl's FSDP engine computes in bf16 unless told otherwise,
+      # and bf16 log-probs differ from fp32 by up to 0.02 per token
+      "+actor_rollout_ref.actor.fsdp_config.mixed_precision={param_dtype:fp32,reduce_dtype:fp32,buffer_dtype:fp32}"
+    ) ;;
+  *) echo "WEIGHT must be reward or teacher_forced, got '$WEIGHT'" >&2; exit 2 ;;
+esac
+
+if [[ "$REGIME" == cold && "$WEIGHT" == reward && "${ALLOW_COLD_REWARD:-0}" != 1 ]]; then
   cat >&2 <<'MSG'
 ==================================================================================================
 REFUSING: REGIME=cold with verl's 0/1 reward weights. A cold model answers (almost) nothing right,
 so every group's weights are 0 and GARL/PAFT get no gradient here, exactly like GRPO. The paper's
-cold-start escape uses the teacher-forced weight w = p(y*|x, z), which this verl adapter does not
-compute: run `tsallis-rl train --regime cold ...` or the TRL adapter (tsallis_weight=
-"answer_likelihood") instead. Set ALLOW_COLD_REWARD=1 to run this anyway.
+cold-start escape uses the teacher-forced weight w = p(y*|x, z), which reward weights do not carry:
+run `tsallis-rl train --regime cold ...` or the TRL adapter (tsallis_weight=
+"answer_likelihood") instead (tested), or WEIGHT=teacher_forced here (not run end to end).
+Set ALLOW_COLD_REWARD=1 to run this anyway.
 ==================================================================================================
 MSG
   exit 2
@@ -65,8 +96,9 @@ VAL="$OUT/val.parquet"; [[ -f "$VAL" ]] || VAL="$OUT/test.parquet"
 #    this node inherit it; on other nodes it travels in the runtime_env set below.
 export VERL_USE_EXTERNAL_MODULES=tsallis_rl.integrations.verl
 
-python3 -m verl.trainer.main_ppo \
+python3 -m "$ENTRY" \
   `# --- the tsallis-specific settings -------------------------------------------------------` \
+  "${MODE_ARGS[@]}" \
   algorithm.adv_estimator="$ESTIMATOR" \
   +algorithm.tsallis_q="$Q" \
   `# PAFT only: K resampled rollouts per prompt (default K = M = rollout.n):` \
@@ -80,8 +112,9 @@ python3 -m verl.trainer.main_ppo \
   `# the J_Q objective has no KL or entropy term` \
   actor_rollout_ref.actor.use_kl_loss=False \
   actor_rollout_ref.actor.entropy_coeff=0 \
-  `# one optimiser step per rollout batch: ratio 1, the estimator exactly (smaller mini-batches are` \
-  `# fine too; the later ones are then slightly off-policy and PPO-clipped)` \
+  `# one optimiser step per rollout batch: ratio 1, the estimator exactly (with WEIGHT=reward smaller` \
+  `# mini-batches are fine too, the later ones slightly off-policy and PPO-clipped; teacher_forced` \
+  `# refuses them: they would clip the pathwise term)` \
   actor_rollout_ref.actor.ppo_mini_batch_size="$PROMPTS_PER_STEP" \
   actor_rollout_ref.actor.ppo_epochs=1 \
   `# M = 32 rollouts per prompt, sampled at temperature 1 (the estimators assume z ~ p_theta)` \

@@ -19,8 +19,13 @@ Config keys under `algorithm` (add them with `+algorithm.KEY=VALUE`), all option
     tsallis_baseline     rloo    GARL's baseline: "rloo" (Algorithm 1) or "none" (plug-in, Eq. 9)
     tsallis_normalize    true    keep the 1/M**q factor of the published algorithms
     tsallis_weight       reward  "reward": the sequence score is w in [0, 1];
-                                 "log_reward": the score is log w <= 0 (for weights that underflow)
+                                 "log_reward": the score is log w <= 0 (for weights that underflow);
+                                 "teacher_forced": w = p(y*|x, z) from the actor, with the pathwise
+                                 term (needs the trainer of `verl_trainer`, see below)
     tsallis_seed         null    seed of PAFT's resampling generator (null = torch's global RNG)
+    tsallis_answer_prefix auto   teacher_forced: text between </think> and y* ("auto": "\n\n" when
+                                 the tokenizer has a chat template, else "")
+    tsallis_think_end    </think> teacher_forced: the marker that ends the rationale
 
 What the estimators do. verl hands over flat rows: `token_level_rewards` [bs, L] whose row sum is the
 sequence score, and `index` [bs], the prompt uid of each row (rows of a prompt in any order, groups of
@@ -36,8 +41,13 @@ With `loss_agg_mode=seq-mean-token-sum` verl's vanilla policy loss at ratio 1 is
 whose gradient equals the core estimator's -(1/G) sum_g sum_m c_gm grad log p(z_gm | x_g) when every
 group has M rows (N = G M). With unequal group sizes each prompt is weighted by its share M_g/N of
 the rows instead of 1/G. The response is the whole completion (rationale and sampled answer), and
-w is a reward, not a differentiable likelihood, so there is no pathwise term here (docs/verl.md says
-what the teacher-forced w = p(y*|x, z) of the paper would take).
+w is a reward, not a differentiable likelihood, so there is no pathwise term here.
+
+The paper's weights, w = p(y*|x, z) with the pathwise term, need the actor: with
+`+algorithm.tsallis_weight=teacher_forced` the trainer of `tsallis_rl.integrations.verl_trainer`
+rebuilds each sample as [x, z, </think>, y*] before the actor update and trains it with per-token
+advantages from `sequence_coefficients` (docs/verl.md). The advantage functions here then only
+return zeros, which that trainer replaces; without it they refuse to run.
 """
 
 from __future__ import annotations
@@ -69,12 +79,13 @@ __all__ = [
     "read_config",
     "register",
     "sequence_advantages",
+    "sequence_coefficients",
 ]
 
 ESTIMATORS = ("garl", "paft")
 #: the actor's loss_agg_mode under which verl's policy gradient equals the core estimator's
 LOSS_AGG_MODE = "seq-mean-token-sum"
-WEIGHTS = ("reward", "log_reward")
+WEIGHTS = ("reward", "log_reward", "teacher_forced")
 BASELINES = ("rloo", "none")
 REWARD_TOL = 1e-6  # scores within this of [0, 1] (float32 sums) are clamped; beyond it: an error
 
@@ -93,6 +104,8 @@ class TsallisVerlConfig:
     normalize: bool = True
     weight: str = "reward"
     seed: int | None = None
+    answer_prefix: str = "auto"
+    think_end: str = "</think>"
 
 
 _KEYS = {
@@ -102,6 +115,8 @@ _KEYS = {
     "tsallis_normalize": "normalize",
     "tsallis_weight": "weight",
     "tsallis_seed": "seed",
+    "tsallis_answer_prefix": "answer_prefix",
+    "tsallis_think_end": "think_end",
 }
 
 
@@ -157,6 +172,12 @@ def read_config(config: Any) -> TsallisVerlConfig:
     seed = raw["seed"]
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
         raise _bad("tsallis_seed", "must be an integer (or null)", seed)
+    prefix = raw["answer_prefix"]
+    if not isinstance(prefix, str):
+        raise _bad("tsallis_answer_prefix", 'must be a string ("auto" or the text itself)', prefix)
+    think_end = raw["think_end"]
+    if not isinstance(think_end, str) or not think_end:
+        raise _bad("tsallis_think_end", "must be a non-empty string such as '</think>'", think_end)
     return TsallisVerlConfig(
         q=float(q),
         num_samples=k,
@@ -164,6 +185,8 @@ def read_config(config: Any) -> TsallisVerlConfig:
         normalize=normalize,
         weight=str(weight),
         seed=None if seed is None else int(seed),
+        answer_prefix=prefix,
+        think_end=think_end,
     )
 
 
@@ -217,17 +240,21 @@ def _generator(seed: int | None) -> torch.Generator | None:
     return _GENERATORS[seed]
 
 
-def sequence_advantages(
+def sequence_coefficients(
     log_w: Tensor,
     index: Sequence[Any] | np.ndarray,
     estimator: str,
     cfg: TsallisVerlConfig,
     generator: torch.Generator | None = None,
-) -> Tensor:
-    """One advantage per row [bs] float64 from log-weights [bs] and prompt uids [bs].
+) -> tuple[Tensor, Tensor]:
+    """Per-row advantages of the rationale and of the teacher-forced answer, each [bs] float64.
 
-    Groups of equal size M are stacked into [G, M] (first-appearance order) and sent to the core in
-    one call; each row's advantage is M times the core's per-sample coefficient (see module doc).
+    log_w: [bs] log-weights; index: [bs] prompt uids. Groups of equal size M are stacked into
+    [G, M] (first-appearance order) and sent to the core in one call; each row gets M times the
+    core's per-sample derivative (negated: an advantage), so that verl's
+    `-(1/N) sum_i A_i sum_t log p(token_it)` has the core's gradient when N = G M:
+        garl: rationale M c_m, answer M r_m (the pathwise weight w_m / w_bar**q, scaled like c)
+        paft: both M n_m w_bar**(1-q) / (M**q K)
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; expected one of {ESTIMATORS}")
@@ -235,7 +262,8 @@ def sequence_advantages(
     bs = log_w.shape[0]
     if len(index) != bs:
         raise ValueError(f"index has {len(index)} entries but the batch has {bs} rows")
-    adv = torch.zeros(bs, dtype=torch.float64, device=log_w.device)
+    rationale = torch.zeros(bs, dtype=torch.float64, device=log_w.device)
+    answer = torch.zeros_like(rationale)
     by_size: dict[int, list[np.ndarray]] = {}
     for rows in group_rows(index):
         by_size.setdefault(len(rows), []).append(rows)
@@ -248,8 +276,8 @@ def sequence_advantages(
                     "garl with the leave-one-out baseline needs >= 2 responses per prompt; set "
                     "actor_rollout_ref.rollout.n >= 2 (or +algorithm.tsallis_baseline=none)"
                 )
-            c, _, _ = garl_coefficients(lw, cfg.q, baseline=cfg.baseline, normalize=cfg.normalize)
-            coef = c  # d loss / d log p(z) = -c / G
+            c, r, _ = garl_coefficients(lw, cfg.q, baseline=cfg.baseline, normalize=cfg.normalize)
+            coef_z, coef_y = c, r  # d loss / d log p(z) = -c / G, d loss / d log p(y*|z) = -r / G
         else:
             G = lw.shape[0]
             out = paft_loss(
@@ -260,9 +288,33 @@ def sequence_advantages(
                 generator=generator,
                 normalize=cfg.normalize,
             )
-            coef = -out.rationale_grad * G
-        adv[rows.reshape(-1)] = (coef * M).reshape(-1).to(adv.device)
-    return adv
+            coef_z, coef_y = -out.rationale_grad * G, -out.answer_grad * G
+        flat = rows.reshape(-1)
+        rationale[flat] = (coef_z * M).reshape(-1).to(rationale.device)
+        answer[flat] = (coef_y * M).reshape(-1).to(answer.device)
+    return rationale, answer
+
+
+def sequence_advantages(
+    log_w: Tensor,
+    index: Sequence[Any] | np.ndarray,
+    estimator: str,
+    cfg: TsallisVerlConfig,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """One advantage per row [bs] float64: the rationale part of `sequence_coefficients`."""
+    return sequence_coefficients(log_w, index, estimator, cfg, generator)[0]
+
+
+# The teacher-forced trainer (verl_trainer.py) marks the driver process it runs in: there the
+# advantage function's output is a placeholder that the trainer's actor update replaces.
+_TEACHER_FORCED_TRAINER: list[str] = []
+
+
+def mark_teacher_forced_trainer(name: str) -> None:
+    """Called by the teacher-forced trainer: this process's advantages are computed by `name`."""
+    if name not in _TEACHER_FORCED_TRAINER:
+        _TEACHER_FORCED_TRAINER.append(name)
 
 
 def _outcome_advantage(
@@ -275,6 +327,15 @@ def _outcome_advantage(
     if index is None:
         raise ValueError(f"{estimator} needs verl's `uid` index to group responses by prompt")
     cfg = read_config(config)
+    if cfg.weight == "teacher_forced":
+        if not _TEACHER_FORCED_TRAINER:
+            raise ValueError(
+                "algorithm.tsallis_weight=teacher_forced needs the teacher-forced trainer (w comes "
+                "from the actor, not the reward): launch `python -m "
+                "tsallis_rl.integrations.verl_trainer ... trainer.use_v1=False` (docs/verl.md)"
+            )
+        zeros = torch.zeros_like(token_level_rewards)  # replaced in the trainer's actor update
+        return zeros, zeros
     log_w = scores_to_log_weights(token_level_rewards.sum(dim=-1), cfg.weight)
     adv = sequence_advantages(log_w, index, estimator, cfg, _generator(cfg.seed))
     mask = response_mask.to(token_level_rewards.dtype)
