@@ -265,7 +265,10 @@ def resolve_model(
     name_or_path: str, cache_dir: Path | None = None, *, progress: bool = True
 ) -> Path | None:
     """A local HF folder for a catalog name or a `.gguf` file (fetched/converted once, then
-    cached), or None when `name_or_path` is neither (a folder or hub id: locate it as before)."""
+    cached), or None when `name_or_path` is neither (a folder or hub id: locate it as before).
+    An existing local folder of that name wins over a catalog name."""
+    if Path(name_or_path).expanduser().is_dir():
+        return None
     if catalog_entry(name_or_path) is not None:
         return fetch_model(name_or_path, cache_dir, progress=progress)
     if is_gguf_path(name_or_path):
