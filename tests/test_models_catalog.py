@@ -139,3 +139,14 @@ def test_an_unknown_catalog_name_is_a_user_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TSALLIS_RL_CACHE", str(tmp_path))
     assert main(["models", "fetch", "gpt-5", "--quiet"]) == 2
     assert "no catalog model 'gpt-5'; known: smollm2-135m" in capsys.readouterr().err
+
+
+def test_a_local_folder_named_like_a_catalog_model_wins(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "smollm2-135m").mkdir()
+
+    def no_download(*args):
+        raise AssertionError("fetched although a local folder has the name")
+
+    monkeypatch.setattr(catalog, "fetch_model", no_download)
+    assert catalog.resolve_model("smollm2-135m", tmp_path / "cache") is None
