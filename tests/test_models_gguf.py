@@ -21,7 +21,9 @@ from tsallis_rl.cli import main  # noqa: E402
 from tsallis_rl.config import ConfigError  # noqa: E402
 from tsallis_rl.models import gguf as gg  # noqa: E402
 
-TEXT = "the cat sat on the mat. who wrote hamlet? shakespeare wrote it."  # no digits: Qwen splits them
+TEXT = (
+    "the cat sat on the mat. who wrote hamlet? shakespeare wrote it."  # no digits: Qwen splits them
+)
 FP16_STEP = 2.0**-11  # relative rounding of a float16 scale
 
 
@@ -210,3 +212,23 @@ def test_cli_convert_prints_the_folder_and_list_shows_it(tmp_path, tokenizer, ca
     out = capsys.readouterr().out
     assert "m.gguf  [converted]" in out and str(folder) in out
     assert "smollm2-135m  [not fetched]" in out
+
+
+def test_a_conversion_killed_midway_leaves_nothing_converted_and_is_redone(tmp_path, tokenizer):
+    import os
+    import subprocess
+    import sys
+
+    path = write_gguf(tiny_model("llama", len(tokenizer)), tokenizer, tmp_path / "m.gguf", "F16")
+    cache = tmp_path / "cache"
+    code = (
+        "import sys; from pathlib import Path; from tsallis_rl.models.gguf import ensure_gguf_model;"
+        "ensure_gguf_model(Path(sys.argv[1]), Path(sys.argv[2]), progress=False)"
+    )
+    env = {**os.environ, "TSALLIS_RL_FAULT": "gguf:weights"}
+    proc = subprocess.run([sys.executable, "-c", code, str(path), str(cache)], env=env)
+    assert proc.returncode == -9  # SIGKILL after the weights were written, before the rename
+    out = gg.cached_gguf_dir(gg.file_sha256(path), cache)
+    assert not out.exists() and list(cache.glob(out.name + ".tmp-*"))
+    assert gg.ensure_gguf_model(path, cache, progress=False) == out and gg.is_converted(out)
+    assert not list(cache.glob(out.name + ".tmp-*"))  # the killed attempt's leftovers are gone
