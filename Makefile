@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-EXTRAS ?= dev,lora,trl,gym
+EXTRAS ?= dev,lora,trl,gym,gguf
 
 .PHONY: install run test test-verl lint clean
 

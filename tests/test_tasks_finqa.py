@@ -206,3 +206,85 @@ def test_malformed_rows_name_file_line_and_field(tmp_path):
     with pytest.raises(DataError) as err:
         task.load(_write(tmp_path, dup, "dup.json"))
     assert err.value.line == 3 and err.value.field == "id" and "duplicate" in str(err.value)
+
+
+# --------------------------------------------------------------------------------------------
+# finqa?context=gold: only the gold facts (qa.gold_inds)
+
+
+@pytest.mark.parametrize("name", ["dev_200.json", "train_100.json"])
+def test_finqa_gold_context_is_exactly_the_gold_facts_in_filing_order(name):
+    import json
+
+    path = SHARED / name
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    rows = {r["id"]: r for r in json.loads(path.read_text())}
+    task = get_task("finqa?context=gold")
+    full = {e.id: e for e in get_task("finqa").load(path)}
+    exs = task.load(path)
+    assert len(exs) == FILES[name] and "rest of the filing" in task.context_note
+    for ex in exs:
+        inds = rows[ex.id]["qa"]["gold_inds"]
+        lines = ex.context.split("\n")
+        assert sorted(lines) == sorted(" ".join(v.split()) for v in inds.values())
+        n_pre = len(rows[ex.id]["pre_text"])
+        rank = {" ".join(v.split()): k for k, v in inds.items()}
+        order = [rank[line] for line in lines]
+        parts = [
+            0 if k.startswith("text") and int(k[5:]) < n_pre else 1 if "table" in k else 2
+            for k in order
+        ]
+        assert parts == sorted(parts)  # pre_text facts, then table rows, then post_text facts
+        # the table stays for execution accuracy: the gold program still scores
+        assert task.official_metrics(ex.meta["program"], ex)["exe_acc"] == 1.0
+        assert ex.answer == full[ex.id].answer
+    # (a linearised table row can be longer than the row itself, but the file shrinks a lot)
+    assert sum(len(e.context) for e in exs) < 0.4 * sum(len(e.context) for e in full.values())
+
+
+def test_finqa_gold_needs_gold_inds_and_names_the_field():
+    simplified = SHARED / "test_500_simplified.json"
+    if simplified.exists():  # the simplified layout has no gold facts
+        with pytest.raises(DataError, match="line 2, field 'qa.gold_inds': missing"):
+            get_task("finqa?context=gold").load(simplified)
+    with pytest.raises(DataError, match="field 'qa.gold_inds': missing"):
+        get_task("finqa?context=gold").load(FIX / "finqa_official.json")
+
+
+@pytest.mark.parametrize(
+    "gold_inds, why",
+    [
+        ({}, "empty"),
+        ({"row_1": "x"}, "expected text_<i> / table_<i>"),
+        ({"text_0": 3}, "expected text_<i> / table_<i>"),
+        ({"text_0": "  "}, "no non-empty gold fact"),
+        (["text_0"], "expected object"),
+    ],
+)
+def test_a_malformed_gold_inds_is_a_data_error(tmp_path, gold_inds, why):
+    import json
+
+    row = json.loads((FIX / "finqa_official.json").read_text())[0]
+    row["qa"]["gold_inds"] = gold_inds
+    path = tmp_path / "f.json"
+    path.write_text(json.dumps([row]))
+    assert len(get_task("finqa").load(path)) == 1
+    with pytest.raises(DataError, match=f"field 'qa.gold_inds': {why}"):
+        get_task("finqa?context=gold").load(path)
+
+
+def test_finqa_gold_orders_pre_text_then_table_then_post_text(tmp_path):
+    import json
+
+    row = json.loads((FIX / "finqa_official.json").read_text())[0]
+    n_pre = len(row["pre_text"])
+    row["qa"]["gold_inds"] = {
+        f"text_{n_pre}": "post fact",
+        "table_1": "the table fact",
+        "text_0": "pre  fact",
+    }
+    path = tmp_path / "f.json"
+    path.write_text(json.dumps([row]))
+    (ex,) = get_task("finqa?context=gold&decimals=2").load(path)
+    assert ex.context == "pre fact\nthe table fact\npost fact"

@@ -268,3 +268,167 @@ def test_splits_from_one_file_and_from_a_directory(tmp_path):
     (only_test / "test.jsonl").write_text(json.dumps(rows[0]))
     with pytest.raises(DataError, match="no train file"):
         task.splits(only_test)
+
+
+# --------------------------------------------------------------------------------------------
+# Short-context variants: hotpotqa?context=gold|supporting, musique?context=supporting
+
+HOTPOT_SHARED = [rel for name, rel, _ in SHARED_FILES if name == "hotpotqa"]
+
+
+def _rows(path: Path) -> dict[str, dict]:
+    return {r["id"]: r for r in map(json.loads, path.read_text().splitlines())}
+
+
+def _shared(rel: str) -> Path:
+    path = SHARED / rel
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    return path
+
+
+@pytest.mark.parametrize("rel", HOTPOT_SHARED)
+def test_hotpotqa_gold_context_is_exactly_the_supporting_paragraphs(rel):
+    path = _shared(rel)
+    full = {e.id: e for e in get_task("hotpotqa").load(path)}
+    task = get_task("hotpotqa?context=gold")
+    exs = task.load(path)
+    assert len(exs) == len(full)
+    for ex in exs:
+        titles = {title for title, _ in ex.meta["supporting_facts"]}
+        lines = ex.context.split("\n")
+        assert len(lines) == len(titles) == ex.meta["context_paragraphs"]
+        whole = zip(full[ex.id].meta["titles"], full[ex.id].context.split("\n"))
+        # the kept lines are the full context's lines of those titles, whole and in order
+        assert lines == [line for title, line in whole if title in titles]
+        assert (ex.question, ex.answer) == (full[ex.id].question, full[ex.id].answer)
+    assert "distractor paragraphs are dropped" in task.context_note
+    assert get_task("hotpotqa").context_note == ""
+
+
+@pytest.mark.parametrize("rel", HOTPOT_SHARED)
+def test_hotpotqa_supporting_context_is_exactly_the_supporting_sentences(rel):
+    path = _shared(rel)
+    rows = _rows(path)
+    for ex in get_task("hotpotqa?context=supporting").load(path):
+        row = rows[ex.id]
+        sentences = dict(zip(row["context"]["title"], row["context"]["sentences"]))
+        wanted: dict[str, set[int]] = {}
+        for title, i in zip(row["supporting_facts"]["title"], row["supporting_facts"]["sent_id"]):
+            wanted.setdefault(title, set()).add(i)
+        expected = [
+            f"{t}: " + " ".join(" ".join(sentences[t][i].split()) for i in sorted(wanted[t]))
+            for t in row["context"]["title"]
+            if t in wanted
+        ]
+        assert ex.context.split("\n") == expected
+
+
+def _hotpot_row(**changes) -> dict:
+    row = {
+        "id": "r1",
+        "question": "Who wrote Zeta?",
+        "answer": "Eta Theta",
+        "supporting_facts": [["Zeta", 0], ["Iota", 1]],
+        "context": [["Zeta", ["Zeta is a novel by Eta Theta."]], ["Iota", ["Iota.", " A poem."]]],
+    }
+    return {**row, **changes}
+
+
+@pytest.mark.parametrize(
+    "variant, changes, why",
+    [
+        ("gold", {"supporting_facts": []}, "empty"),
+        ("gold", {"supporting_facts": None}, "missing"),
+        ("supporting", {"supporting_facts": [["Nope", 0]]}, "title 'Nope' is not a context"),
+        ("supporting", {"supporting_facts": [["Iota", 2]]}, "sent_id 2 of 'Iota' is not one of"),
+        ("gold", {"supporting_facts": [["Zeta", "0"]]}, "integer sent_id"),
+    ],
+)
+def test_a_hotpotqa_row_a_variant_cannot_use_is_a_data_error_naming_the_field(
+    tmp_path, variant, changes, why
+):
+    path = tmp_path / "rows.jsonl"
+    good = json.dumps(_hotpot_row(id="r0"))
+    path.write_text(good + "\n" + json.dumps(_hotpot_row(**changes)) + "\n")
+    assert len(get_task("hotpotqa").load(path)) == 2  # the full context needs no supporting facts
+    with pytest.raises(DataError, match=f"line 2, field 'supporting_facts': .*{why}"):
+        get_task(f"hotpotqa?context={variant}").load(path)
+    task = get_task(f"hotpotqa?context={variant}")
+    assert [e.id for e in task.load(path, skip_invalid=True)] == ["r0"] and task.last_skipped == 1
+
+
+def test_a_sentence_past_the_end_does_not_matter_to_the_gold_paragraphs(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(_hotpot_row(supporting_facts=[["Iota", 5]])) + "\n")
+    (ex,) = get_task("hotpotqa?context=gold").load(path)
+    assert ex.context == "Iota: Iota. A poem."
+
+
+def test_variant_prompts_drop_the_distractor_wording_and_cold_prompts_stay_bare(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(_hotpot_row()) + "\n")
+    for name in ("hotpotqa?context=gold", "hotpotqa?context=supporting"):
+        task = get_task(name)
+        (ex,) = task.load(path)
+        warm, cold = task.build_prompt(ex, "warm"), task.build_prompt(ex, "cold")
+        assert "irrelevant" not in warm and ex.context in warm
+        assert cold == f"{ex.context}\n{ex.question}"
+        assert not any(text in cold for text in task.instruction_texts())
+    assert "irrelevant" in get_task("hotpotqa").build_prompt(ex, "warm")
+
+
+def test_an_unknown_context_variant_is_refused():
+    for name in ("hotpotqa?context=short", "musique?context=gold", "finqa?context=supporting"):
+        with pytest.raises(ValueError, match="context must be one of"):
+            get_task(name)
+
+
+def test_musique_supporting_context_is_exactly_the_supporting_paragraphs():
+    path = _shared("musique/dev_200_with_paragraphs.jsonl")
+    rows = _rows(path)
+    task = get_task("musique?context=supporting")
+    exs = task.load(path)
+    assert len(exs) == 200 and "other paragraphs are dropped" in task.context_note
+    for ex in exs:
+        kept = [p for p in rows[ex.id]["paragraphs"] if p["is_supporting"]]
+        assert ex.context.split("\n") == [
+            f"{p['title']}: {' '.join(p['paragraph_text'].split())}" for p in kept
+        ]
+        assert len(kept) == ex.meta["hops"]  # one supporting paragraph per hop in this file
+        assert "irrelevant" not in task.build_prompt(ex, "warm")
+
+
+def test_musique_supporting_needs_paragraphs_with_flags(tmp_path):
+    labels_only = SHARED / "musique/dev_2417_labels_only.json"
+    if labels_only.exists():
+        with pytest.raises(DataError, match="line 2, field 'paragraphs': missing"):
+            get_task("musique?context=supporting").load(labels_only)
+    row = json.loads((FIX / "musique.jsonl").read_text().splitlines()[0])
+    for p in row["paragraphs"]:
+        p["is_supporting"] = False
+    unflagged = json.loads(json.dumps(row))
+    del unflagged["paragraphs"][1]["is_supporting"]
+    for bad, why in (
+        (row, "paragraphs': no paragraph has is_supporting"),
+        (unflagged, r"paragraphs\[1\].is_supporting': missing"),
+    ):
+        path = tmp_path / "m.jsonl"
+        path.write_text(json.dumps(bad) + "\n")
+        assert len(get_task("musique").load(path)) == 1
+        with pytest.raises(DataError, match=f"line 1, field '{why}"):
+            get_task("musique?context=supporting").load(path)
+
+
+def test_data_show_renders_a_variant_and_refuses_a_file_it_cannot_use(capsys, tmp_path):
+    from tsallis_rl.cli import main
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(_hotpot_row()) + "\n")
+    assert main(["data", "show", "--task", "hotpotqa?context=supporting", "--data", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "Zeta: Zeta is a novel by Eta Theta.\nIota: A poem.\nWho wrote Zeta?" in out
+    path.write_text(json.dumps(_hotpot_row(supporting_facts=[])) + "\n")
+    assert main(["data", "show", "--task", "hotpotqa?context=gold", "--data", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "line 1, field 'supporting_facts'" in err and len(err.strip().splitlines()) == 1

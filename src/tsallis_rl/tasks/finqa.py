@@ -27,6 +27,13 @@ Matching:
     number), rounded to 5 decimals, equals `exe_ans`; `num_match` - `metrics.finqa_numeric_match`
     (documented tolerance rules, not official).
 
+Context variants (the task option `context`): `full` (default, the whole filing) or `gold`
+(`finqa?context=gold`: only the gold facts `qa.gold_inds` of the official layout, one a line in
+the filing's order: pre_text sentences, table rows (as FinQA's linearised sentences), post_text
+sentences). The variant needs `qa.gold_inds`: a row without it (e.g. the simplified layout) or
+with an empty or malformed one is a DataError naming the field. `task.context_note` says what the
+variant dropped. The table stays in `meta` for execution accuracy either way.
+
 `execute_program(program, table)` is a safe interpreter of the FinQA program language with the
 semantics of the official `evaluate.py` (`eval_program`): no `eval`, bounded size, and a
 `ValueError` for anything the official script would flag invalid (plus the deviations listed in
@@ -285,16 +292,53 @@ def render_table(table: list[list[str]]) -> str:
     return "\n".join(" | ".join(str(c).strip() for c in row) for row in table)
 
 
+#: FinQA context variants: what each drops (the task option `context`)
+FINQA_CONTEXTS = {
+    "full": "",
+    "gold": "context=gold: only the gold facts (qa.gold_inds); the rest of the filing's text and "
+    "table is dropped",
+}
+
+
+def gold_facts(rec: Any, n_pre: int, path: Path, line: int) -> list[str]:
+    """The `qa.gold_inds` texts in filing order (pre_text, table, post_text); DataError naming
+    `qa.gold_inds` when missing, empty, or keyed other than `text_<i>` / `table_<i>`."""
+    field_name = "qa.gold_inds"
+    inds = get_field(rec, field_name, dict, path, line, nonempty=True)
+    keyed = []
+    for key, text in inds.items():
+        kind, _, index = str(key).partition("_")
+        if kind not in ("text", "table") or not index.isdigit() or not isinstance(text, str):
+            raise DataError(
+                path, line, field_name, f"expected text_<i> / table_<i>: string, got {key!r}"
+            )
+        i = int(index)
+        # pre_text (0), then the table (1), then post_text (2): the order of the rendered filing
+        part = 1 if kind == "table" else (0 if i < n_pre else 2)
+        keyed.append(((part, i), " ".join(text.split())))
+    facts = [text for _, text in sorted(keyed) if text]
+    if not facts:
+        raise DataError(path, line, field_name, "no non-empty gold fact")
+    return facts
+
+
 @register_task("finqa")
 class FinQATask(Task):
-    """FinQA; options: `decimals` (rounding of y*, default 5)."""
+    """FinQA; options: `decimals` (rounding of y*, default 5), `context` (full | gold)."""
 
     name = "finqa"
 
-    def __init__(self, decimals: int = 5):
+    def __init__(self, decimals: int = 5, context: str = "full"):
         if not isinstance(decimals, int) or not 0 <= decimals <= 10:
             raise ValueError(f"finqa decimals must be an integer in [0, 10], got {decimals!r}")
         self.decimals = decimals
+        if context not in FINQA_CONTEXTS:
+            raise ValueError(
+                f'finqa context must be one of full, gold, got {context!r} (e.g. "finqa?context=gold")'
+            )
+        self.context = context
+        #: what this variant dropped from the benchmark's context ("" = nothing)
+        self.context_note = FINQA_CONTEXTS[context]
 
     def load(self, path: str | Path | None = None, *, skip_invalid: bool = False) -> list[Example]:
         if path is None:
@@ -332,7 +376,17 @@ class FinQATask(Task):
                 raise DataError(path, line, name, "expected a list of strings")
         if not all(isinstance(r, list) and all(isinstance(c, str) for c in r) for r in table):
             raise DataError(path, line, "table", "expected a list of rows of strings")
-        parts = [" ".join(pre).strip(), render_table(table).strip(), " ".join(post).strip()]
+        if self.context == "gold":
+            if not official:
+                raise DataError(
+                    path,
+                    line,
+                    "qa.gold_inds",
+                    "missing (finqa?context=gold needs the official layout)",
+                )
+            parts = gold_facts(rec, len(pre), path, line)
+        else:
+            parts = [" ".join(pre).strip(), render_table(table).strip(), " ".join(post).strip()]
         context = "\n".join(p for p in parts if p)
         if not context:
             raise DataError(path, line, "pre_text/table/post_text", "empty context")

