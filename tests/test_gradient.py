@@ -22,7 +22,7 @@ from tsallis_rl.gradient import (
     no_rationale_rows,
     stack_rows,
 )
-from tsallis_rl.rollout import ANSWER, PROMPT, RATIONALE
+from tsallis_rl.sequences import ANSWER, PAD, RATIONALE
 from tsallis_rl.trainer import Trainer
 
 B, M = 2, 4
@@ -145,8 +145,8 @@ def test_answer_token_logps_left_aligns_each_rows_answer_tokens():
     logp = torch.tensor([[-1.0, -2.0, -3.0, -4.0, 0.0], [-5.0, -6.0, -7.0, 0.0, 0.0]])
     regions = torch.tensor(
         [
-            [RATIONALE, PROMPT, ANSWER, ANSWER, PROMPT],
-            [RATIONALE, RATIONALE, ANSWER, PROMPT, PROMPT],
+            [RATIONALE, PAD, ANSWER, ANSWER, PAD],
+            [RATIONALE, RATIONALE, ANSWER, PAD, PAD],
         ]
     )
     tok, mask = answer_token_logps(logp, regions)
@@ -155,7 +155,7 @@ def test_answer_token_logps_left_aligns_each_rows_answer_tokens():
 
 def test_estimator_inputs_follow_the_spec(tiny_model_dir):
     logp = -torch.rand(B * M, 6)
-    regions = torch.tensor([[RATIONALE, RATIONALE, PROMPT, ANSWER, ANSWER, PROMPT]] * (B * M))
+    regions = torch.tensor([[RATIONALE, RATIONALE, PAD, ANSWER, ANSWER, PAD]] * (B * M))
     garl = estimator_inputs(get_estimator_spec("garl"), logp, regions, None, B, M)
     assert len(garl.args) == 2 and not garl.kwargs
     with pytest.raises(ValueError, match="no-rationale baseline"):

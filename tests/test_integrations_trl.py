@@ -459,11 +459,11 @@ def test_teacher_forced_rationale_ends_at_marker_or_is_budget_forced():
     assert ids.tolist() == [
         [10, 11, END, 20, EOS, PAD],
         [10, 11, 12, END, 20, EOS],
-        [10, END, 20, EOS, PAD, PAD],
+        [10, EOS, END, 20, EOS, PAD],  # the sampled end token stays in z (trained)
     ]
-    assert rmask.tolist() == [[1, 1, 1, 0, 0, 0], [1, 1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0]]
-    assert amask.tolist() == [[0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 1, 1], [0, 0, 1, 1, 0, 0]]
-    assert attn.tolist() == [[1, 1, 1, 1, 1, 0], [1] * 6, [1, 1, 1, 1, 0, 0]]
+    assert rmask.tolist() == [[1, 1, 1, 0, 0, 0], [1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]]
+    assert amask.tolist() == [[0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 1, 1], [0, 0, 0, 1, 1, 0]]
+    assert attn.tolist() == [[1, 1, 1, 1, 1, 0], [1] * 6, [1, 1, 1, 1, 1, 0]]
     assert forced.tolist() == [False, True, True]
 
 

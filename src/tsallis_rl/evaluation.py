@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from tsallis_rl.metrics import score_samples
-from tsallis_rl.rollout import ANSWER, Rollout, SamplingSettings, sample, score
+from tsallis_rl.rollout import Rollout, SamplingSettings, sample, token_logps
+from tsallis_rl.sequences import ANSWER
 
 
 @dataclass
@@ -100,17 +101,9 @@ def _evaluate_share(
         seeds = [example_seed(seed, i) for i in indices]
         rollouts = sample(policy, rows, settings, group_seeds=seeds)
         completions = [decode(r) for r in rollouts]
-        close = list(settings.think_close)
-        forced = [  # teacher-force y* after each sampled rationale (closed where the answer cut it)
-            replace(
-                r,
-                forced=r.forced or ([] if r.rationale[-len(close) :] == close else close),
-                answer_prefix=[],
-                answer=list(golds[indices[j // k]]),
-            )
-            for j, r in enumerate(rollouts)
-        ]
-        logp, regions = score(policy, forced, pad_id=settings.pad_id, micro_batch=micro_batch)
+        # teacher-force y* after each sampled rationale (the samplers always close it)
+        forced = [r.with_answer(golds[indices[j // k]]) for j, r in enumerate(rollouts)]
+        logp, regions = token_logps(policy, forced, pad_id=settings.pad_id, micro_batch=micro_batch)
     finally:
         policy.train(was_training)
     ans = (logp * (regions == ANSWER)).sum(-1).double().view(len(indices), k)

@@ -24,7 +24,8 @@ import torch
 from torch import Tensor
 
 from tsallis_rl.estimators import EstimatorOutput, EstimatorSpec, coef_underflow
-from tsallis_rl.rollout import ANSWER, RATIONALE, Rollout, score
+from tsallis_rl.rollout import Rollout, token_logps
+from tsallis_rl.sequences import ANSWER, RATIONALE
 
 
 def sequence_logps(logp: Tensor, regions: Tensor, B: int, M: int) -> tuple[Tensor, Tensor]:
@@ -154,14 +155,14 @@ def apply_gradient(
     The output's stats gain `coef_underflow` (see `estimators.coef_underflow`) for the working dtype.
     """
     if len(rollouts) <= micro_batch:  # one forward with grad
-        logp, regions = score(model, rollouts, pad_id=pad_id, micro_batch=len(rollouts))
+        logp, regions = token_logps(model, rollouts, pad_id=pad_id, micro_batch=len(rollouts))
         out = estimator_inputs(spec, logp, regions, rewards, B, M, data).call(call)
         no_signal = out.advantages is not None and not out.advantages.any()
         if out.loss.requires_grad and not (skip_zero and no_signal):
             backward(out.loss * loss_scale)
         return _with_underflow(out, logp.dtype)
     with torch.no_grad():
-        logp, regions = score(model, rollouts, pad_id=pad_id, micro_batch=micro_batch)
+        logp, regions = token_logps(model, rollouts, pad_id=pad_id, micro_batch=micro_batch)
     inputs = estimator_inputs(spec, logp, regions, rewards, B, M, data)
     leaves = [t.detach().requires_grad_(True) for t in inputs.differentiable()]
     out = inputs.call(call, leaves)
@@ -171,7 +172,7 @@ def apply_gradient(
         return _with_underflow(out, logp.dtype)  # e.g. GRPO with equal rewards: skip the passes
     flat = [g.reshape(B * M, *g.shape[2:]) for g in grads]  # one row per rollout
     for s in range(0, len(rollouts), micro_batch):
-        mb_logp, mb_regions = score(
+        mb_logp, mb_regions = token_logps(
             model, rollouts[s : s + micro_batch], pad_id=pad_id, micro_batch=micro_batch
         )
         n = mb_logp.shape[0]
@@ -214,7 +215,7 @@ def no_rationale_rows(
     ]
     rows: list[Tensor] = []
     for s in range(0, len(rolls), micro_batch):
-        logp, regions = score(
+        logp, regions = token_logps(
             model, rolls[s : s + micro_batch], pad_id=pad_id, micro_batch=micro_batch
         )
         tok, mask = answer_token_logps(logp, regions)

@@ -1,8 +1,8 @@
 """Rollouts: sample rationales with a thinking budget, then score token log-probs in micro-batches.
 
-Sampling (`sample`) writes each row's rationale until it emits `</think>`, emits an end token (which
-closes the rationale and is dropped, as in the TRL adapter) or spends `thinking_budget` tokens; `</think>`
-is then forced where the model did not write it (budget forcing). With `answer_budget > 0` the answer
+Sampling (`sample`) writes each row's rationale until it emits `</think>`, emits an end token (kept as
+a sampled rationale token: it closes the rationale) or spends `thinking_budget` tokens; `</think>` is
+then forced where the model did not write it (budget forcing; the rules are `sequences.close_rationale`). With `answer_budget > 0` the answer
 prefix is forced and the answer sampled until an end token. Two samplers do this, selected by
 `SamplingSettings.sampler` (registry `SAMPLERS`): "generate" (transformers' `generate`, two calls:
 rationale, then answer) and "loop" (one hand-written KV-cache loop); "auto" picks the faster one per
@@ -11,10 +11,11 @@ both. Randomness comes only from the caller's `torch.Generator` (resumable: save
 one seed per group of rows (`group_seeds`), in which case a group's draws do not depend on which other
 rows share its batch (evaluation sharded over ranks gives the same samples as one process).
 
-Scoring (`score`) runs one forward pass over [prompt | rationale | forced | answer prefix | answer]
-and returns each completion token's log-prob under the sampling distribution (logits / temperature),
-labelled by region. Positive regions are tokens the policy sampled (RATIONALE, ANSWER); negative ones
-were forced (FORCED `</think>`, ANSWER_PREFIX) and are never trained as sampled tokens; 0 is padding.
+Scoring (`token_logps`) runs one forward pass over [prompt | rationale | forced | answer prefix | answer]
+(built by `sequences.assemble`) and returns each completion token's log-prob under the sampling
+distribution (logits / temperature), labelled by region (`sequences`' labels). Positive regions are
+tokens the policy sampled (RATIONALE, ANSWER); negative ones were forced (FORCED `</think>`,
+ANSWER_PREFIX) and are never trained as sampled tokens; PAD (0) is padding.
 Log-probs come from the final hidden states and the output head in token chunks (a selective
 log-softmax), so memory grows with tokens x hidden, not tokens x vocabulary.
 """
@@ -28,8 +29,16 @@ import torch
 import torch.utils.checkpoint
 from torch import Tensor
 
-PROMPT, RATIONALE, ANSWER = 0, 1, 2  # PROMPT also labels padding
-FORCED, ANSWER_PREFIX = -1, -2  # forced by budget forcing / by the answer format: never "sampled"
+from tsallis_rl.sequences import (  # noqa: F401  (the region labels, re-exported)
+    ANSWER,
+    ANSWER_PREFIX,
+    FORCED,
+    PAD,
+    PROMPT,
+    RATIONALE,
+    assemble,
+    close_rationale,
+)
 
 LOGIT_CHUNK_ELEMENTS = 1 << 24  # vocabulary logits materialised at once by `score` (64 MiB in fp32)
 
@@ -54,10 +63,8 @@ class Rollout:
         return self.rationale + self.forced + self.answer_prefix + self.answer
 
     def tokens_and_regions(self) -> tuple[list[int], list[int]]:
-        regions = [PROMPT] * len(self.prompt) + [RATIONALE] * len(self.rationale)
-        regions += [FORCED] * len(self.forced) + [ANSWER_PREFIX] * len(self.answer_prefix)
-        regions += [ANSWER] * len(self.answer)
-        return self.prompt + self.completion, regions
+        """(prompt + completion, their region labels): `sequences.assemble`."""
+        return assemble(self.prompt, self.rationale, self.forced, self.answer_prefix, self.answer)
 
     def with_answer(self, answer: list[int]) -> Rollout:
         """A copy whose answer is `answer` (e.g. the teacher-forced prefix + y* + eos), no separate prefix."""
@@ -89,15 +96,6 @@ class SamplingSettings:
 def _ends_with(seq: Sequence[int], suffix: Sequence[int]) -> bool:
     n = len(suffix)
     return n > 0 and len(seq) >= n and list(seq[-n:]) == list(suffix)
-
-
-def _close_rationale(rationale: list[int], s: SamplingSettings) -> tuple[list[int], list[int]]:
-    """(rationale, forced): an end token is dropped and, like a spent budget, gets `</think>` forced."""
-    if _ends_with(rationale, s.think_close):
-        return rationale, []
-    if rationale and rationale[-1] in s.eos_ids:
-        rationale = rationale[:-1]
-    return rationale, list(s.think_close)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -218,7 +216,8 @@ def _sample_generate(model, prompts, s: SamplingSettings, generator, group_seeds
     new = _generate(model, prompts, s, s.thinking_budget, s.eos_ids, s.think_close, streams)
     rows = []
     for p, toks in zip(prompts, new):
-        rationale, forced = _close_rationale(toks, s)
+        closed = close_rationale(toks, s.think_close, s.eos_ids)
+        rationale, forced = closed.rationale, closed.forced
         prefix = list(s.answer_prefix) if s.answer_budget > 0 else []
         rows.append(Rollout(list(p), rationale, forced, [], prefix, s.temperature))
     if s.answer_budget <= 0:
@@ -340,17 +339,18 @@ def _pick_by_phase(logits, s: SamplingSettings, streams, phase, queue) -> list[i
 def _advance(r: Rollout, s: SamplingSettings, phase, queue, i: int, picked: int) -> int:
     """Record row i's next token (forced, or the drawn `picked`) and move its phase; returns it."""
     if phase[i] == "rationale":
-        if not queue[i] and picked in s.eos_ids:  # an end token closes the rationale
-            queue[i] = list(s.think_close)
         if queue[i]:
             tok = queue[i].pop(0)
             r.forced.append(tok)
         else:
             tok = picked
             r.rationale.append(tok)
+            if tok in s.eos_ids:  # a sampled end token stays in z and closes it: force `</think>`
+                queue[i] = list(s.think_close)
         if queue[i]:
             return tok
-        if _ends_with(r.rationale, s.think_close) or _ends_with(r.forced, s.think_close):
+        closed = _ends_with(r.rationale, s.think_close) or _ends_with(r.forced, s.think_close)
+        if closed or (not s.think_close and not r.forced and tok in s.eos_ids):
             phase[i] = "answer" if s.answer_budget > 0 else "done"
             queue[i] = list(s.answer_prefix)
         elif len(r.rationale) >= s.thinking_budget:
@@ -376,7 +376,7 @@ SAMPLERS: dict[str, Callable[..., list[Rollout]]] = {
 # Scoring
 
 
-def score(
+def token_logps(
     model: torch.nn.Module,
     rollouts: Sequence[Rollout],
     *,
@@ -390,7 +390,7 @@ def score(
     temperature: None scores each rollout at the temperature it was sampled at (on-policy).
 
     Returns (token_logp [N, T], regions [N, T]) where T is the longest completion; padding has
-    region PROMPT (0) and log-prob 0. Gradient flows when called with grad enabled. `full_logits`
+    region PAD (0) and log-prob 0. Gradient flows when called with grad enabled. `full_logits`
     selects the reference pass through the model's own logits (all vocabulary at once).
     temperature <= 0 (greedy sampling has no density) scores at temperature 1.
     """
