@@ -147,22 +147,26 @@ def apply_gradient(
     backward: Callable[[Tensor], None] = lambda t: t.backward(),
     loss_scale: float = 1.0,
     skip_zero: bool = True,
+    share_prompt: bool = True,
 ) -> Any:
     """Accumulate loss_scale * d(estimator loss)/d(params) into .grad; returns the estimator output.
 
     rollouts: B*M, grouped by prompt; call: the bound estimator (`EstimatorSpec.bind`); rewards [B, M]
     for sampled-reward estimators; data: the no-rationale baseline inputs when the spec needs them.
-    The output's stats gain `coef_underflow` (see `estimators.coef_underflow`) for the working dtype.
+    share_prompt: every pass runs each group's prompt once per micro-batch (`rollout.token_logps`;
+    the same gradient). The output's stats gain `coef_underflow` (see `estimators.coef_underflow`)
+    for the working dtype.
     """
+    kw = dict(pad_id=pad_id, share_prompt=share_prompt)
     if len(rollouts) <= micro_batch:  # one forward with grad
-        logp, regions = token_logps(model, rollouts, pad_id=pad_id, micro_batch=len(rollouts))
+        logp, regions = token_logps(model, rollouts, micro_batch=len(rollouts), **kw)
         out = estimator_inputs(spec, logp, regions, rewards, B, M, data).call(call)
         no_signal = out.advantages is not None and not out.advantages.any()
         if out.loss.requires_grad and not (skip_zero and no_signal):
             backward(out.loss * loss_scale)
         return _with_underflow(out, logp.dtype)
     with torch.no_grad():
-        logp, regions = token_logps(model, rollouts, pad_id=pad_id, micro_batch=micro_batch)
+        logp, regions = token_logps(model, rollouts, micro_batch=micro_batch, **kw)
     inputs = estimator_inputs(spec, logp, regions, rewards, B, M, data)
     leaves = [t.detach().requires_grad_(True) for t in inputs.differentiable()]
     out = inputs.call(call, leaves)
@@ -173,7 +177,7 @@ def apply_gradient(
     flat = [g.reshape(B * M, *g.shape[2:]) for g in grads]  # one row per rollout
     for s in range(0, len(rollouts), micro_batch):
         mb_logp, mb_regions = token_logps(
-            model, rollouts[s : s + micro_batch], pad_id=pad_id, micro_batch=micro_batch
+            model, rollouts[s : s + micro_batch], micro_batch=micro_batch, **kw
         )
         n = mb_logp.shape[0]
         mb_inputs = differentiable_inputs(spec, mb_logp, mb_regions, n, 1)
@@ -203,11 +207,13 @@ def no_rationale_rows(
     pad_id: int,
     micro_batch: int,
     temperature: float = 1.0,
+    share_prompt: bool = True,
 ) -> list[Tensor]:
     """Per-token log-probs of each gold answer after prompt + `</think>` (an empty rationale).
 
     Scored at the sampling `temperature`, like the rollouts it is compared with. Returns one 1-D
-    float tensor per example (on the CPU). Call it with the starting weights.
+    float tensor per example (on the CPU). Call it with the starting weights. share_prompt: rows
+    with the same prompt next to each other share its pass (one row per example: nothing to share).
     """
     rolls = [
         Rollout(list(p), [], list(think_close), list(g), temperature=temperature)
@@ -216,8 +222,9 @@ def no_rationale_rows(
     rows: list[Tensor] = []
     for s in range(0, len(rolls), micro_batch):
         logp, regions = token_logps(
-            model, rolls[s : s + micro_batch], pad_id=pad_id, micro_batch=micro_batch
-        )
+            model, rolls[s : s + micro_batch], pad_id=pad_id, micro_batch=micro_batch,
+            share_prompt=share_prompt,
+        )  # fmt: skip
         tok, mask = answer_token_logps(logp, regions)
         rows += [t[m > 0].detach().cpu() for t, m in zip(tok, mask)]
     return rows

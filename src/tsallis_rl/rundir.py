@@ -47,6 +47,7 @@ RESUME_MAY_CHANGE = (
     "workers",
     "threads",
     "micro_batch",
+    "share_prompt",
     "out",
 )
 

@@ -17,6 +17,7 @@ best/ (HF model + tokenizer, from_pretrained-loadable), final.json.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -36,7 +37,7 @@ from tsallis_rl.evaluation import EvalResult, eval_seed, evaluate
 from tsallis_rl.gradient import apply_gradient, no_rationale_rows, stack_rows
 from tsallis_rl.metrics import get_match_mode
 from tsallis_rl.prompts import PromptFormatter, sampling_settings
-from tsallis_rl.rollout import Rollout, SamplingSettings, sample
+from tsallis_rl.rollout import Rollout, SamplingSettings, can_share_prompt, sample
 from tsallis_rl.rundir import Loggers, json_safe, read_jsonl, write_atomic
 from tsallis_rl.tasks.base import Example, Task
 
@@ -81,6 +82,12 @@ class Trainer:
         bar_position: int = 0,
     ) -> None:
         self.bar_position = bar_position
+        if cfg.share_prompt and not can_share_prompt(model):  # config.yaml records what runs
+            warnings.warn(
+                f"{type(model).__name__}: its prompt cache cannot be shared; share_prompt=false",
+                stacklevel=2,
+            )
+            cfg = dataclasses.replace(cfg, share_prompt=False)
         self.cfg, self.model, self.tokenizer, self.task = cfg, model, tokenizer, task
         self.splits, self.run_dir, self.device = splits, Path(run_dir), device
         self.accelerator = accelerator
@@ -216,6 +223,7 @@ class Trainer:
                 pad_id=self.enc.pad_id, micro_batch=cfg.micro_batch, rewards=rewards, data=data,
                 backward=self._backward, loss_scale=1.0 / cfg.grad_accum,
                 skip_zero=self.accelerator is None,  # under DDP every rank must run the same backwards
+                share_prompt=cfg.share_prompt,
             )  # fmt: skip
             stats = dict(out.stats)
             stats["loss"] = float(out.loss.detach())
@@ -252,7 +260,7 @@ class Trainer:
             rows = no_rationale_rows(
                 policy, [self._prompt(ex) for ex in examples], [self._gold(ex) for ex in examples],
                 self.enc.think_close, pad_id=self.enc.pad_id, micro_batch=self.cfg.micro_batch,
-                temperature=self.cfg.temperature,
+                temperature=self.cfg.temperature, share_prompt=self.cfg.share_prompt,
             )  # fmt: skip
         finally:
             policy.train(was)
@@ -283,6 +291,7 @@ class Trainer:
             self._sampling(answer_budget=cfg.answer_budget, temperature=cfg.eval_temperature),
             k=cfg.eval_k, seed=seed, micro_batch=cfg.micro_batch,
             accelerator=self.accelerator if model is None else None, match=cfg.match,
+            share_prompt=cfg.share_prompt,
         )  # fmt: skip
 
     # -- checkpoints --------------------------------------------------------------------------------

@@ -1,0 +1,292 @@
+"""Prompt sharing (issue 20): one pass over each group's prompt gives today's log-probs and gradient.
+
+The reference is the pass with one full sequence per rollout (`share_prompt=False`). Models are
+float64 with a dtype-preserving RMSNorm: transformers' RMSNorm computes in float32 whatever the
+model dtype, which would make any two summation orders differ at ~1e-7 and hide a real error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import textwrap
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+import tsallis_rl.rollout as rollout_mod
+from tsallis_rl.estimators import get_estimator_spec
+from tsallis_rl.gradient import apply_gradient, no_rationale_rows, stack_rows
+from tsallis_rl.rollout import (
+    Rollout,
+    SamplingSettings,
+    can_share_prompt,
+    prompt_groups,
+    sample,
+    token_logps,
+)
+from tsallis_rl.tiny import build_tiny_causal_lm
+
+VOCAB, EOS, CLOSE = 50, 1, (3, 4)
+TOL = 1e-10
+
+
+def _rmsnorm_in_dtype(self, x: torch.Tensor) -> torch.Tensor:
+    return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
+
+
+def exact_model(arch: str = "qwen3", seed: int = 0) -> torch.nn.Module:
+    """A tiny float64 model whose every op runs in float64."""
+    model = build_tiny_causal_lm(
+        VOCAB, arch=arch, hidden_size=32, num_layers=2, num_heads=4, seed=seed
+    ).double()
+    for m in model.modules():
+        if type(m).__name__.endswith("RMSNorm"):
+            m.forward = types.MethodType(_rmsnorm_in_dtype, m)
+    return model
+
+
+def rollouts() -> list[Rollout]:
+    """Groups of 3, 2 and 4 rows; prompts of 5, 2 and 3 tokens; budget-forced rows, a sampled end
+    token kept in z, an empty rationale, sampled answers after a forced prefix, two temperatures."""
+    a, b, c = [5, 6, 7, 8, 9], [11, 12], [13, 14, 15]
+    return [
+        Rollout(a, [20, 21, 3, 4], [], [22, 23, EOS]),
+        Rollout(a, [24, 25, 26], list(CLOSE), [22, 23, EOS]),  # budget-forced
+        Rollout(a, [27, EOS], list(CLOSE), [22, 23, EOS]),  # a sampled end token, then forced
+        Rollout(b, [], list(CLOSE), [30, EOS], temperature=0.7),
+        Rollout(b, [28, 29, 30, 31, 32, 33], list(CLOSE), [30, EOS], temperature=0.7),
+        Rollout(c, [34, 3, 4], [], [36, EOS], [35]),  # sampled answer after a forced prefix
+        Rollout(c, [37], list(CLOSE), [38], [35]),
+        Rollout(c, [39, 40, 3, 4], [], [36, 41, EOS], [35]),
+        Rollout(c, [42, 43, 44, 45], list(CLOSE), [EOS], [35]),
+    ]
+
+
+def _grads(model) -> torch.Tensor:
+    return torch.cat(
+        [p.grad.flatten() for p in model.parameters() if p.requires_grad and p.grad is not None]
+    )
+
+
+def _scored(model, rolls, *, share: bool, micro_batch: int, pad_id: int = 0):
+    model.zero_grad(set_to_none=True)
+    logp, regions = token_logps(
+        model, rolls, pad_id=pad_id, micro_batch=micro_batch, share_prompt=share
+    )
+    weights = torch.linspace(-1.0, 2.0, logp.numel(), dtype=logp.dtype).view_as(logp)
+    (logp * weights).sum().backward()
+    return logp.detach(), regions, _grads(model)
+
+
+@pytest.fixture
+def shared_calls(monkeypatch):
+    """How many micro-batches took the shared path (so a test cannot pass by falling back)."""
+    calls = []
+    real = rollout_mod._shared_hidden
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(rollout_mod, "_shared_hidden", spy)
+    return calls
+
+
+def _variant(model, variant: str):
+    if variant == "lora":
+        peft = pytest.importorskip("peft")
+        config = peft.LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+        model = peft.get_peft_model(model, config)
+        model.double()
+    elif variant == "checkpointing":
+        model.gradient_checkpointing_enable()  # non-reentrant: transformers' default
+        model.train()
+    return model
+
+
+@pytest.mark.parametrize("variant", ["full", "lora", "checkpointing"])
+@pytest.mark.parametrize("arch", ["qwen3", "llama"])
+def test_shared_scoring_equals_one_pass_per_row(arch, variant, shared_calls):
+    model = _variant(exact_model(arch), variant)
+    assert can_share_prompt(model)
+    rolls = rollouts()
+    # 9 rows in one micro-batch, or micro-batches of 4 that cut the groups (prompt recomputed)
+    for micro_batch, pad_id in [(len(rolls), 0), (4, 0), (4, EOS)]:
+        want_lp, want_reg, want_g = _scored(model, rolls, share=False, micro_batch=micro_batch)
+        n_shared = len(shared_calls)
+        got_lp, got_reg, got_g = _scored(
+            model, rolls, share=True, micro_batch=micro_batch, pad_id=pad_id
+        )
+        assert len(shared_calls) > n_shared and all(shared_calls)
+        assert torch.equal(got_reg, want_reg)
+        assert got_lp.dtype == torch.float64
+        torch.testing.assert_close(got_lp, want_lp, atol=TOL, rtol=0)
+        assert want_g.abs().max() > 1e-3
+        torch.testing.assert_close(got_g, want_g, atol=TOL, rtol=0)
+
+
+def test_prompt_groups_are_runs_of_equal_prompts():
+    assert prompt_groups([[1], [1], [2, 3], [1], [1]]) == [0, 0, 1, 2, 2]
+
+
+def test_reentrant_checkpointing_falls_back_to_one_pass_per_row(shared_calls):
+    """Reentrant checkpointing runs layers without grad: cached keys would lose their gradient."""
+    model = exact_model()
+    model.gradient_checkpointing_enable({"use_reentrant": True})
+    model.train()
+    assert not can_share_prompt(model)
+    got = _scored(model, rollouts(), share=True, micro_batch=16)
+    want = _scored(model, rollouts(), share=False, micro_batch=16)
+    assert not shared_calls
+    torch.testing.assert_close(got[2], want[2], atol=TOL, rtol=0)
+
+
+def test_a_model_that_ignores_the_cache_falls_back_with_a_warning(monkeypatch):
+    model = exact_model()
+    monkeypatch.setattr(rollout_mod._RecordLayer, "update", lambda self, k, v, *a, **kw: (k, v))
+    with pytest.warns(UserWarning, match="did not use the prompt cache"):
+        got = _scored(model, rollouts(), share=True, micro_batch=16)
+    want = _scored(model, rollouts(), share=False, micro_batch=16)
+    torch.testing.assert_close(got[2], want[2], atol=TOL, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Every path of the gradient plumbing, for GARL, PAFT, GRPO and a peer estimator (RLPR)
+
+B, M = 2, 3
+
+
+def _group_rollouts(sampled: bool) -> list[Rollout]:
+    """B = 2 prompts (4 and 2 tokens) x M = 3 rollouts; sampled answers for reward estimators."""
+    prompts = [[5, 6, 7, 8], [11, 12]]
+    rats = [[20, 21, 3, 4], [24, 25], [26, EOS], [27, 3, 4], [], [28, 29, 30]]
+    out = []
+    for i, z in enumerate(rats):
+        forced = [] if z[-2:] == list(CLOSE) else list(CLOSE)
+        answer = [31 + i % 2, EOS] if sampled else [35, 36 + i // M, EOS]
+        out.append(Rollout(prompts[i // M], z, forced, answer, [35] if sampled else []))
+    return out
+
+
+CASES = [("garl", 0.75), ("paft", 0.75), ("grpo", 0.0), ("rlpr", 0.0)]
+
+
+@pytest.mark.parametrize("name, q", CASES)
+@pytest.mark.parametrize("micro_batch", [B * M, 4, 2])  # one pass with grad / two-pass plumbing
+def test_apply_gradient_shared_equals_unshared(name, q, micro_batch, shared_calls):
+    spec = get_estimator_spec(name)
+    model = exact_model()
+    sampled = spec.inputs == "sampled_reward"
+    rolls = _group_rollouts(sampled)
+    rewards = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+
+    def run(share: bool):
+        data = None
+        if spec.needs_no_rationale:
+            prompts, golds = [rolls[0].prompt, rolls[M].prompt], [[35, 36, EOS], [35, 37, EOS]]
+            rows = no_rationale_rows(
+                model, prompts, golds, list(CLOSE), pad_id=0, micro_batch=2, share_prompt=share
+            )
+            data = stack_rows(rows)
+        call = spec.bind(q, {"generator": torch.Generator().manual_seed(7)})
+        model.zero_grad(set_to_none=True)
+        out = apply_gradient(
+            model, spec, rolls, B, M, call, pad_id=0, micro_batch=micro_batch,
+            rewards=rewards if sampled else None, data=data, share_prompt=share,
+        )  # fmt: skip
+        return out.loss.detach(), _grads(model)
+
+    want_loss, want = run(False)
+    got_loss, got = run(True)
+    assert shared_calls and all(shared_calls)
+    assert want.abs().max() > 1e-4
+    torch.testing.assert_close(got_loss, want_loss, atol=TOL, rtol=0)
+    torch.testing.assert_close(got, want, atol=TOL, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sampling: a shared prefill draws today's tokens
+
+
+@pytest.mark.parametrize("sampler", ["loop", "generate"])
+@pytest.mark.parametrize("streams", ["one generator", "group seeds"])
+def test_shared_prefill_draws_the_same_tokens(sampler, streams):
+    model = exact_model().eval()
+    prompts = [[5, 6, 7, 8, 9]] * 3 + [[11, 12]] * 3 + [[13, 14, 15]] * 3
+    s = SamplingSettings(
+        think_close=CLOSE, eos_ids=(EOS,), pad_id=0, thinking_budget=6, answer_budget=3,
+        answer_prefix=(35,), temperature=1.0, sampler=sampler,
+    )  # fmt: skip
+    prefills = []
+    hook = model.model.register_forward_pre_hook(
+        lambda m, args, kw: prefills.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
+
+    def draw(share: bool):
+        prefills.clear()
+        kw = {"group_seeds": [3, 4, 5]} if streams == "group seeds" else {}
+        gen = torch.Generator().manual_seed(11)
+        rolls = sample(
+            model, prompts, dataclasses.replace(s, share_prompt=share), generator=gen, **kw
+        )
+        return rolls, prefills[0]
+
+    want, rows_today = draw(False)
+    got, rows_shared = draw(True)
+    hook.remove()
+    assert (rows_today, rows_shared) == (9, 3)  # one prefill row per distinct prompt
+    assert got == want
+    assert len({tuple(r.rationale) for r in got}) > 3  # the draws differ between rollouts
+
+
+# --------------------------------------------------------------------------------------------------
+# DDP: two gloo processes, each with its share of the groups, equal one process
+
+WORKER = """
+import sys, torch, torch.distributed as dist
+sys.path.insert(0, sys.argv[1])
+import test_prefix_sharing as t
+from tsallis_rl.estimators import get_estimator_spec
+from tsallis_rl.gradient import apply_gradient
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+model = t.exact_model()
+ddp = torch.nn.parallel.DistributedDataParallel(model)
+spec = get_estimator_spec("garl")
+rolls = t._group_rollouts(False)[rank * t.M : (rank + 1) * t.M]
+apply_gradient(ddp, spec, rolls, 1, t.M, spec.bind(0.75, {}), pad_id=0,
+               micro_batch=int(sys.argv[3]), skip_zero=False, share_prompt=True)
+if rank == 0:
+    torch.save(t._grads(model), sys.argv[2])
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("micro_batch", [3, 2])
+def test_two_gloo_processes_with_shared_prompts_equal_one_process(tmp_path, micro_batch):
+    script = tmp_path / "worker.py"
+    script.write_text(textwrap.dedent(WORKER))
+    torchrun = Path(sys.executable).parent / "torchrun"
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": src}
+    out = tmp_path / "grads.pt"
+    proc = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", str(script),
+         str(Path(__file__).parent), str(out), str(micro_batch)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = exact_model()
+    spec = get_estimator_spec("garl")
+    apply_gradient(
+        model, spec, _group_rollouts(False), B, M, spec.bind(0.75, {}), pad_id=0,
+        micro_batch=B * M, share_prompt=False,
+    )  # fmt: skip
+    torch.testing.assert_close(torch.load(out, weights_only=True), _grads(model), atol=TOL, rtol=0)
