@@ -106,14 +106,15 @@ def unpadded(out):
 
 
 def reference_teacher_forced(tok, comps, answers, eos_id):
-    """The paper's construction, written out: z up to </think> (else budget-forced), then y* + EOS."""
+    """The paper's construction, written out: z up to </think> (else budget-forced, a sampled EOS
+    kept in z), then y* + EOS."""
     end = tok.convert_tokens_to_ids("</think>")
     seqs, zmask, amask = [], [], []
     for c, a in zip(comps, answers):
         if end in c:
             z, forced = c[: c.index(end) + 1], []
         else:
-            z, forced = (c[:-1] if c and c[-1] == eos_id else c), [end]
+            z, forced = c, [end]  # TRL's completion ends at its first EOS: it stays in z
         y = tok(a, add_special_tokens=False)["input_ids"] + [eos_id]
         seqs.append(z + forced + y)
         zmask.append([1] * len(z) + [0] * (len(forced) + len(y)))

@@ -7,6 +7,7 @@ model dtype, which would make any two summation orders differ at ~1e-7 and hide 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import subprocess
@@ -17,9 +18,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import tsallis_rl.rollout as rollout_mod
+import tsallis_rl.trainer as trainer_mod
+from tsallis_rl.config import TrainConfig, add_arguments, from_args
 from tsallis_rl.estimators import get_estimator_spec
+from tsallis_rl.experiment import build_trainer
 from tsallis_rl.gradient import apply_gradient, no_rationale_rows, stack_rows
 from tsallis_rl.rollout import (
     Rollout,
@@ -253,6 +258,7 @@ import sys, torch, torch.distributed as dist
 sys.path.insert(0, sys.argv[1])
 import test_prefix_sharing as t
 from tsallis_rl.estimators import get_estimator_spec
+from tsallis_rl.experiment import build_trainer
 from tsallis_rl.gradient import apply_gradient
 dist.init_process_group("gloo")
 rank = dist.get_rank()
@@ -290,3 +296,39 @@ def test_two_gloo_processes_with_shared_prompts_equal_one_process(tmp_path, micr
         micro_batch=B * M, share_prompt=False,
     )  # fmt: skip
     torch.testing.assert_close(torch.load(out, weights_only=True), _grads(model), atol=TOL, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# The option: a config field like every other, and the run's config says which pass ran
+
+
+def test_share_prompt_is_on_by_default_and_a_flag_turns_it_off():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert from_args(parser.parse_args([])).share_prompt is True
+    assert from_args(parser.parse_args(["--share-prompt", "false"])).share_prompt is False
+
+
+def _small_cfg(tmp_path, model_dir, **kw) -> TrainConfig:
+    return TrainConfig(
+        model=str(model_dir), task="chainsum", batch_size=2, num_rollouts=2, thinking_budget=4,
+        answer_budget=2, val_size=0, test_size=2, train_size=4, eval_k=2, steps=1, progress=False,
+        out=str(tmp_path), threads=1, **kw,
+    ).validate()  # fmt: skip
+
+
+def test_a_model_that_cannot_share_is_recorded_as_share_prompt_false(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    monkeypatch.setattr(trainer_mod, "can_share_prompt", lambda model: False)
+    with pytest.warns(UserWarning, match="cannot be shared"):
+        tr = build_trainer(_small_cfg(tmp_path, tiny_model_dir), tmp_path)
+    tr.fit()
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["share_prompt"] is False
+
+
+def test_a_training_step_shares_prompts_by_default(tmp_path, tiny_model_dir, shared_calls):
+    tr = build_trainer(_small_cfg(tmp_path, tiny_model_dir), tmp_path)
+    tr.fit()
+    assert shared_calls and all(shared_calls)
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["share_prompt"] is True
