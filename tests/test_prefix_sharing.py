@@ -30,6 +30,7 @@ from tsallis_rl.rollout import (
     Rollout,
     SamplingSettings,
     can_share_prompt,
+    micro_batch_slices,
     prompt_groups,
     sample,
     token_logps,
@@ -121,8 +122,8 @@ def test_shared_scoring_equals_one_pass_per_row(arch, variant, shared_calls):
     model = _variant(exact_model(arch), variant)
     assert can_share_prompt(model)
     rolls = rollouts()
-    # 9 rows in one micro-batch, or micro-batches of 4 that cut the groups (prompt recomputed)
-    for micro_batch, pad_id in [(len(rolls), 0), (4, 0), (4, EOS)]:
+    # 9 rows in one micro-batch; micro-batches of whole groups (4); groups cut (2: prompt again)
+    for micro_batch, pad_id in [(len(rolls), 0), (4, 0), (2, 0), (2, EOS)]:
         want_lp, want_reg, want_g = _scored(model, rolls, share=False, micro_batch=micro_batch)
         n_shared = len(shared_calls)
         got_lp, got_reg, got_g = _scored(
@@ -138,6 +139,19 @@ def test_shared_scoring_equals_one_pass_per_row(arch, variant, shared_calls):
 
 def test_prompt_groups_are_runs_of_equal_prompts():
     assert prompt_groups([[1], [1], [2, 3], [1], [1]]) == [0, 0, 1, 2, 2]
+
+
+def _bounds(slices: list[slice]) -> list[tuple[int, int]]:
+    return [(s.start, s.stop) for s in slices]
+
+
+def test_micro_batches_hold_whole_groups_and_cut_only_groups_larger_than_one():
+    rolls = rollouts()  # groups of 3, 2 and 4 rows
+    assert _bounds(micro_batch_slices(rolls, 4, False)) == [(0, 4), (4, 8), (8, 9)]  # as today
+    assert _bounds(micro_batch_slices(rolls, 4, True)) == [(0, 3), (3, 5), (5, 9)]
+    assert _bounds(micro_batch_slices(rolls, 5, True)) == [(0, 5), (5, 9)]
+    assert _bounds(micro_batch_slices(rolls, 2, True)) == [(0, 2), (2, 3), (3, 5), (5, 7), (7, 9)]
+    assert _bounds(micro_batch_slices(rolls, 9, True)) == [(0, 9)]
 
 
 def test_reentrant_checkpointing_falls_back_to_one_pass_per_row(shared_calls):
@@ -183,7 +197,7 @@ CASES = [("garl", 0.75), ("paft", 0.75), ("grpo", 0.0), ("rlpr", 0.0)]
 
 
 @pytest.mark.parametrize("name, q", CASES)
-@pytest.mark.parametrize("micro_batch", [B * M, 4, 2])  # one pass with grad / two-pass plumbing
+@pytest.mark.parametrize("micro_batch", [B * M, 4, 2])  # one pass / whole groups / groups cut
 def test_apply_gradient_shared_equals_unshared(name, q, micro_batch, shared_calls):
     spec = get_estimator_spec(name)
     model = exact_model()

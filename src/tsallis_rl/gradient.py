@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from tsallis_rl.estimators import EstimatorOutput, EstimatorSpec, coef_underflow
-from tsallis_rl.rollout import Rollout, token_logps
+from tsallis_rl.rollout import Rollout, can_share_prompt, micro_batch_slices, token_logps
 from tsallis_rl.sequences import ANSWER, RATIONALE
 
 
@@ -158,7 +158,8 @@ def apply_gradient(
     for the working dtype.
     """
     kw = dict(pad_id=pad_id, share_prompt=share_prompt)
-    if len(rollouts) <= micro_batch:  # one forward with grad
+    slices = micro_batch_slices(rollouts, micro_batch, share_prompt and can_share_prompt(model))
+    if len(slices) == 1:  # one forward with grad
         logp, regions = token_logps(model, rollouts, micro_batch=len(rollouts), **kw)
         out = estimator_inputs(spec, logp, regions, rewards, B, M, data).call(call)
         no_signal = out.advantages is not None and not out.advantages.any()
@@ -175,15 +176,13 @@ def apply_gradient(
     if skip_zero and all(not g.any() for g in grads):
         return _with_underflow(out, logp.dtype)  # e.g. GRPO with equal rewards: skip the passes
     flat = [g.reshape(B * M, *g.shape[2:]) for g in grads]  # one row per rollout
-    for s in range(0, len(rollouts), micro_batch):
-        mb_logp, mb_regions = token_logps(
-            model, rollouts[s : s + micro_batch], micro_batch=micro_batch, **kw
-        )
-        n = mb_logp.shape[0]
+    for sl in slices:
+        n = sl.stop - sl.start
+        mb_logp, mb_regions = token_logps(model, rollouts[sl], micro_batch=n, **kw)
         mb_inputs = differentiable_inputs(spec, mb_logp, mb_regions, n, 1)
         surrogate = mb_logp.new_zeros(())
         for g, x in zip(flat, mb_inputs):
-            coef = g[s : s + n]
+            coef = g[sl]
             if (
                 x.dim() > 2
             ):  # token-level: beyond this micro-batch's width lies padding (zero grads)

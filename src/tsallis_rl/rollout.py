@@ -1,23 +1,36 @@
 """Rollouts: sample rationales with a thinking budget, then score token log-probs in micro-batches.
 
-Sampling (`sample`) writes each row's rationale until it emits `</think>`, emits an end token (kept as
-a sampled rationale token: it closes the rationale) or spends `thinking_budget` tokens; `</think>` is
-then forced where the model did not write it (budget forcing; the rules are `sequences.close_rationale`). With `answer_budget > 0` the answer
-prefix is forced and the answer sampled until an end token. Two samplers do this, selected by
-`SamplingSettings.sampler` (registry `SAMPLERS`): "generate" (transformers' `generate`, two calls:
-rationale, then answer) and "loop" (one hand-written KV-cache loop); "auto" picks the faster one per
-device (`DEFAULT_SAMPLER`: measured by bench/rollout_speed.py). Greedy decoding gives identical ids in
-both. Randomness comes only from the caller's `torch.Generator` (resumable: save its state), or from
-one seed per group of rows (`group_seeds`), in which case a group's draws do not depend on which other
-rows share its batch (evaluation sharded over ranks gives the same samples as one process).
+Sampling (`sample`) writes each row's rationale until it emits `</think>`, emits an end token (kept
+as a sampled rationale token: it closes the rationale) or spends `thinking_budget` tokens;
+`</think>` is then forced where the model did not write it (budget forcing; the rules are
+`sequences.close_rationale`). With `answer_budget > 0` the answer prefix is forced and the answer
+sampled until an end token. Two samplers do this, selected by `SamplingSettings.sampler` (registry
+`SAMPLERS`): "generate" (transformers' `generate`, two calls: rationale, then answer) and "loop" (one
+hand-written KV-cache loop); "auto" picks the faster one per device (`DEFAULT_SAMPLER`: measured by
+bench/rollout_speed.py). Greedy decoding gives identical ids in both. Randomness comes only from the
+caller's `torch.Generator` (resumable: save its state), or from one seed per group of rows
+(`group_seeds`), in which case a group's draws do not depend on which other rows share its batch
+(evaluation sharded over ranks gives the same samples as one process).
 
-Scoring (`token_logps`) runs one forward pass over [prompt | rationale | forced | answer prefix | answer]
-(built by `sequences.assemble`) and returns each completion token's log-prob under the sampling
-distribution (logits / temperature), labelled by region (`sequences`' labels). Positive regions are
-tokens the policy sampled (RATIONALE, ANSWER); negative ones were forced (FORCED `</think>`,
-ANSWER_PREFIX) and are never trained as sampled tokens; PAD (0) is padding.
-Log-probs come from the final hidden states and the output head in token chunks (a selective
-log-softmax), so memory grows with tokens x hidden, not tokens x vocabulary.
+Scoring (`token_logps`) runs one forward pass over [prompt | rationale | forced | answer prefix |
+answer] (built by `sequences.assemble`) and returns each completion token's log-prob under the
+sampling distribution (logits / temperature), labelled by region (`sequences`' labels). Positive
+regions are tokens the policy sampled (RATIONALE, ANSWER); negative ones were forced (FORCED
+`</think>`, ANSWER_PREFIX) and are never trained as sampled tokens; PAD (0) is padding. Log-probs
+come from the final hidden states and the output head in token chunks (a selective log-softmax), so
+memory grows with tokens x hidden, not tokens x vocabulary.
+
+Prompt sharing (`share_prompt`, on by default): consecutive rows with the same prompt (a group: the
+M rollouts of one example) run that prompt once. Scoring runs the group's prompt with grad, keeps its
+keys/values (`_RecordLayer`) and runs the completions over them expanded to the group's rows
+(`_PrefixLayer`, a view when the groups are equally large), so the prompt's activations exist once
+and its gradient is the sum over its rollouts: the same log-probs and gradient as one pass per row.
+Both caches are replay-safe, so (non-reentrant) gradient checkpointing keeps them. The loop sampler
+prefills each prompt once and expands the cache; the generate sampler does the same for its
+rationale call (the cache holds all prompt tokens but the last, which `generate` runs itself); its
+answer call (every row a different context) does not share. `can_share_prompt` says when a model
+qualifies (a transformers >= 5 decoder taking a `Cache`, full attention, no reentrant
+checkpointing); otherwise, or with share_prompt=False, every row runs its own prompt.
 """
 
 from __future__ import annotations
@@ -429,8 +442,8 @@ def token_logps(
 
     temperature: None scores each rollout at the temperature it was sampled at (on-policy).
     share_prompt: consecutive rollouts of one prompt (a group) run that prompt once and continue
-    from its key/value cache (`can_share_prompt`; the same values and gradient as one pass per row).
-    A micro-batch that cuts a group recomputes the prompt for each part.
+    from its key/value cache (`can_share_prompt`; the same values and gradient as one pass per row);
+    micro-batches then hold whole groups (`micro_batch_slices`).
 
     Returns (token_logp [N, T], regions [N, T]) where T is the longest completion; padding has
     region PAD (0) and log-prob 0. Gradient flows when called with grad enabled. `full_logits`
@@ -442,15 +455,8 @@ def token_logps(
     temps = [t if t > 0 else 1.0 for t in temps]
     share = share_prompt and not full_logits and can_share_prompt(model)
     chunks = [
-        _score_micro_batch(
-            model,
-            rollouts[s : s + micro_batch],
-            pad_id,
-            temps[s : s + micro_batch],
-            full_logits,
-            share,
-        )  # fmt: skip
-        for s in range(0, len(rollouts), micro_batch)
+        _score_micro_batch(model, rollouts[sl], pad_id, temps[sl], full_logits, share)
+        for sl in micro_batch_slices(rollouts, micro_batch, share)
     ]
     width = max(c[0].shape[1] for c in chunks)
     logps = torch.cat([torch.nn.functional.pad(c[0], (0, width - c[0].shape[1])) for c in chunks])
@@ -592,6 +598,36 @@ def selective_log_softmax(
 
 # --------------------------------------------------------------------------------------------------
 # Prompt sharing: a group's prompt runs once; its key/value cache is expanded to the group's rows
+
+
+def micro_batch_slices(rollouts: Sequence[Rollout], micro_batch: int, share: bool) -> list[slice]:
+    """The rows scored together, at most `micro_batch` each (all rows when micro_batch >= N).
+
+    Without sharing: every `micro_batch` rows, as always. With sharing: as many whole groups as fit
+    in `micro_batch` rows; a group larger than that is cut into parts of `micro_batch` rows, each
+    running the prompt again (measured by bench/prefix_sharing.py: whole groups are much faster, and
+    a micro-batch never holds more rows than asked, so its memory stays within today's bound). The
+    slicing depends on the group sizes only, so DDP ranks with equal groups run equal passes.
+    """
+    n, step = len(rollouts), max(int(micro_batch), 1)
+    if not share or step >= n:
+        return [slice(s, min(s + step, n)) for s in range(0, n, step)]
+    groups = prompt_groups([r.prompt for r in rollouts])
+    starts = [i for i in range(n) if i == 0 or groups[i] != groups[i - 1]] + [n]
+    out: list[slice] = []
+    open_at = 0  # first row of the micro-batch being filled
+    for a, b in zip(starts, starts[1:]):
+        if b - a > step:  # a group larger than a micro-batch: close the open one, cut the group
+            if open_at < a:
+                out.append(slice(open_at, a))
+            out += [slice(s, min(s + step, b)) for s in range(a, b, step)]
+            open_at = b
+        elif b - open_at > step:  # the group does not fit: it opens the next micro-batch
+            out.append(slice(open_at, a))
+            open_at = a
+    if open_at < n:
+        out.append(slice(open_at, n))
+    return out
 
 
 def prompt_groups(prompts: Sequence[Sequence[int]]) -> list[int]:
