@@ -12,6 +12,8 @@ The estimator's `EstimatorSpec` decides what is built from one scoring pass over
 forward with grad (everything fits in a micro-batch) or in two passes: a no-grad scoring pass, autograd
 through the estimator alone for d loss / d log-prob, and one grad forward per micro-batch that
 back-propagates those fixed coefficients. Both give the estimator's gradient exactly (tested).
+Every pass runs each group's prompt once (`share_prompt`, see `rollout.token_logps`), and the
+micro-batches are `rollout.micro_batch_slices`: whole groups whenever they fit.
 """
 
 from __future__ import annotations
