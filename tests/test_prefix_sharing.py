@@ -346,3 +346,18 @@ def test_a_training_step_shares_prompts_by_default(tmp_path, tiny_model_dir, sha
     tr.fit()
     assert shared_calls and all(shared_calls)
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["share_prompt"] is True
+
+
+def test_evaluation_scores_the_gold_answer_the_same_with_shared_prompts(
+    tmp_path, tiny_model_dir, shared_calls
+):
+    cfg = dataclasses.replace(_small_cfg(tmp_path, tiny_model_dir), val_size=3, eval_k=3)
+    results = {}
+    for share in (False, True):
+        tr = build_trainer(dataclasses.replace(cfg, share_prompt=share), tmp_path / str(share))
+        results[share] = tr.evaluate("val").summary
+    assert shared_calls and all(shared_calls)  # the k samples of an example shared its prompt
+    assert results[True]["log_p_hat"] == pytest.approx(results[False]["log_p_hat"], abs=1e-5)
+    assert {k: v for k, v in results[True].items() if k != "log_p_hat"} == {
+        k: v for k, v in results[False].items() if k != "log_p_hat"
+    }  # the same samples (shared prefill) and so the same answers
