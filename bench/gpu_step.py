@@ -20,7 +20,7 @@ import time
 import torch
 
 from tsallis_rl.estimators import garl_loss, get_estimator_spec
-from tsallis_rl.rollout import SamplingSettings, resolve_sampler, sample, score
+from tsallis_rl.rollout import SamplingSettings, resolve_sampler, sample, token_logps
 from tsallis_rl.trainer import apply_gradient
 
 QWEN3_06B = dict(
@@ -60,7 +60,7 @@ def one_step(
     t1 = time.perf_counter()
     rolls = [r.with_answer(answers[i // M]) for i, r in enumerate(rolls)]
     with torch.no_grad():
-        score(model, rolls, pad_id=EOS, micro_batch=args.micro_batch)
+        token_logps(model, rolls, pad_id=EOS, micro_batch=args.micro_batch)
     _sync()
     t_score = time.perf_counter()
     opt.zero_grad(set_to_none=True)

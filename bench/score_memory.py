@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from tsallis_rl.rollout import Rollout, score
+from tsallis_rl.rollout import Rollout, token_logps
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -61,7 +61,7 @@ def measure(args) -> dict[str, float]:
     else:
         before = _rss_bytes()
     t0 = time.perf_counter()
-    logp, _ = score(
+    logp, _ = token_logps(
         model, rolls, pad_id=0, micro_batch=args.rows, full_logits=args.variant == "full"
     )
     logp.sum().backward()

@@ -21,7 +21,7 @@ from tsallis_rl.gradient import (
     no_rationale_rows,
     stack_rows,
 )
-from tsallis_rl.rollout import ANSWER, PROMPT, RATIONALE
+from tsallis_rl.sequences import ANSWER, PAD, RATIONALE
 from tsallis_rl.suite import build_trainer
 from tsallis_rl.trainer import Trainer
 
@@ -93,13 +93,13 @@ def test_both_gradient_paths_equal_the_core_estimator(
     tr = _trainer(tmp_path, tiny_model_dir, estimator=estimator, q=q, micro_batch=micro_batch)
     spec = tr.spec
     examples = tr.batch_examples(0)
-    sampled = spec.needs_answer_budget
+    sampled = spec.needs_sampled_rewards
     rolls = tr._sample(
-        [tr._prompt(ex) for ex in examples for _ in range(M)],
+        [tr.prompt_ids(ex) for ex in examples for _ in range(M)],
         answer_budget=3 if sampled else 0, temperature=1.0, gen=torch.Generator().manual_seed(1),
     )  # fmt: skip
     if not sampled:
-        rolls = [r.with_answer(tr._gold(examples[i // M])) for i, r in enumerate(rolls)]
+        rolls = [r.with_answer(tr.gold_ids(examples[i // M])) for i, r in enumerate(rolls)]
     rewards = torch.tensor([[1.0, 0, 0, 1], [0, 0, 1, 0]], dtype=torch.float64) if sampled else None
     data = (
         stack_rows([tr._no_rationale[ex.id] for ex in examples])
@@ -132,7 +132,7 @@ def test_both_gradient_paths_equal_the_core_estimator(
     # the trainer's path
     tr.model.zero_grad()
     got_out = apply_gradient(
-        tr.model, spec, rolls, B, M, _call(tr, spec, q), pad_id=tr.enc.pad_id,
+        tr.model, spec, rolls, B, M, _call(tr, spec, q), pad_id=tr.formatter.pad_id,
         micro_batch=micro_batch, rewards=rewards, data=data,
     )  # fmt: skip
     got = _grads(tr.model)
@@ -145,8 +145,8 @@ def test_answer_token_logps_left_aligns_each_rows_answer_tokens():
     logp = torch.tensor([[-1.0, -2.0, -3.0, -4.0, 0.0], [-5.0, -6.0, -7.0, 0.0, 0.0]])
     regions = torch.tensor(
         [
-            [RATIONALE, PROMPT, ANSWER, ANSWER, PROMPT],
-            [RATIONALE, RATIONALE, ANSWER, PROMPT, PROMPT],
+            [RATIONALE, PAD, ANSWER, ANSWER, PAD],
+            [RATIONALE, RATIONALE, ANSWER, PAD, PAD],
         ]
     )
     tok, mask = answer_token_logps(logp, regions)
@@ -155,7 +155,7 @@ def test_answer_token_logps_left_aligns_each_rows_answer_tokens():
 
 def test_estimator_inputs_follow_the_spec(tiny_model_dir):
     logp = -torch.rand(B * M, 6)
-    regions = torch.tensor([[RATIONALE, RATIONALE, PROMPT, ANSWER, ANSWER, PROMPT]] * (B * M))
+    regions = torch.tensor([[RATIONALE, RATIONALE, PAD, ANSWER, ANSWER, PAD]] * (B * M))
     garl = estimator_inputs(get_estimator_spec("garl"), logp, regions, None, B, M)
     assert len(garl.args) == 2 and not garl.kwargs
     with pytest.raises(ValueError, match="no-rationale baseline"):
@@ -172,10 +172,10 @@ def test_no_rationale_baseline_scores_the_gold_answer_after_an_empty_rationale(
 ):
     tr = _trainer(tmp_path, tiny_model_dir, estimator="rlpr")
     ex = tr.splits["train"][0]
-    gold = tr._gold(ex)
+    gold = tr.gold_ids(ex)
     row = tr._no_rationale[ex.id]
     assert row.shape == (len(gold),)
-    toks = tr._prompt(ex) + tr.enc.think_close + gold
+    toks = tr.prompt_ids(ex) + tr.formatter.think_close + gold
     with torch.no_grad():
         lp = torch.log_softmax(tr.model(input_ids=torch.tensor([toks])).logits[0], -1)
     want = torch.stack([lp[j - 1, toks[j]] for j in range(len(toks) - len(gold), len(toks))])
@@ -191,8 +191,8 @@ def test_rlpr_baseline_comes_from_the_starting_weights_across_resume(tmp_path, t
     assert "coef_underflow" in stats and "reward" in stats
     tr.save_checkpoint()
     trained = no_rationale_rows(
-        tr.model, [tr._prompt(ex) for ex in tr.splits["train"]],
-        [tr._gold(ex) for ex in tr.splits["train"]], tr.enc.think_close, pad_id=tr.enc.pad_id, micro_batch=8,
+        tr.model, [tr.prompt_ids(ex) for ex in tr.splits["train"]],
+        [tr.gold_ids(ex) for ex in tr.splits["train"]], tr.formatter.think_close, pad_id=tr.formatter.pad_id, micro_batch=8,
     )  # fmt: skip
     assert any(not torch.allclose(a, start[ex.id]) for a, ex in zip(trained, tr.splits["train"]))
     resumed = _trainer(tmp_path, tiny_model_dir, estimator="rlpr", lr=1e-2, resume=True)

@@ -106,14 +106,15 @@ def unpadded(out):
 
 
 def reference_teacher_forced(tok, comps, answers, eos_id):
-    """The paper's construction, written out: z up to </think> (else budget-forced), then y* + EOS."""
+    """The paper's construction, written out: z up to </think> (else budget-forced, a sampled EOS
+    kept in z), then y* + EOS."""
     end = tok.convert_tokens_to_ids("</think>")
     seqs, zmask, amask = [], [], []
     for c, a in zip(comps, answers):
         if end in c:
             z, forced = c[: c.index(end) + 1], []
         else:
-            z, forced = (c[:-1] if c and c[-1] == eos_id else c), [end]
+            z, forced = c, [end]  # TRL's completion ends at its first EOS: it stays in z
         y = tok(a, add_special_tokens=False)["input_ids"] + [eos_id]
         seqs.append(z + forced + y)
         zmask.append([1] * len(z) + [0] * (len(forced) + len(y)))
@@ -459,11 +460,11 @@ def test_teacher_forced_rationale_ends_at_marker_or_is_budget_forced():
     assert ids.tolist() == [
         [10, 11, END, 20, EOS, PAD],
         [10, 11, 12, END, 20, EOS],
-        [10, END, 20, EOS, PAD, PAD],
+        [10, EOS, END, 20, EOS, PAD],  # the sampled end token stays in z (trained)
     ]
-    assert rmask.tolist() == [[1, 1, 1, 0, 0, 0], [1, 1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0]]
-    assert amask.tolist() == [[0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 1, 1], [0, 0, 1, 1, 0, 0]]
-    assert attn.tolist() == [[1, 1, 1, 1, 1, 0], [1] * 6, [1, 1, 1, 1, 0, 0]]
+    assert rmask.tolist() == [[1, 1, 1, 0, 0, 0], [1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]]
+    assert amask.tolist() == [[0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 1, 1], [0, 0, 0, 1, 1, 0]]
+    assert attn.tolist() == [[1, 1, 1, 1, 1, 0], [1] * 6, [1, 1, 1, 1, 1, 0]]
     assert forced.tolist() == [False, True, True]
 
 

@@ -17,14 +17,14 @@ from tsallis_rl.rollout import (
     ANSWER,
     ANSWER_PREFIX,
     FORCED,
-    PROMPT,
     RATIONALE,
     Rollout,
     SamplingSettings,
     resolve_sampler,
     sample,
-    score,
+    token_logps,
 )
+from tsallis_rl.sequences import PAD as PAD_REGION
 
 SAMPLERS = ("generate", "loop")
 EOS, PAD, CLOSE = 1, 0, 3
@@ -91,10 +91,9 @@ def test_greedy_rollouts_equal_hf_generate_for_early_close_budget_and_end_token(
     # each case is actually hit
     assert early.rationale == [11, 12, CLOSE] and early.forced == []
     assert budget.rationale == [13] * 5 and budget.forced == [CLOSE]
-    assert ended.rationale == [] and ended.forced == [CLOSE]  # the end token closed it, dropped
+    assert ended.rationale == [EOS] and ended.forced == [CLOSE]  # the end token closed it, kept
     for p, r in zip(prompts, rolls):
-        hf = _hf_greedy(model, p, 5, [EOS, CLOSE])
-        assert r.rationale == (hf[:-1] if hf[-1] == EOS else hf)
+        assert r.rationale == _hf_greedy(model, p, 5, [EOS, CLOSE])
         assert r.answer_prefix == [20]
         context = p + r.rationale + r.forced + r.answer_prefix
         assert r.answer == _hf_greedy(model, context, 4, [EOS]) == [21, 22, EOS]
@@ -199,7 +198,9 @@ def test_budget_forcing_caps_rationale_and_answer_follows_close(sampler, tiny_mo
         assert len(r.rationale) <= 5
         closed_itself = r.rationale[-len(close) :] == close
         assert closed_itself != r.hit_budget  # either the model closed the block or it was forced
-        assert tok.eos_token_id not in r.rationale
+        assert tok.eos_token_id not in r.rationale[:-1]  # an end token can only close z
+        if r.rationale[-1:] == [tok.eos_token_id]:
+            assert r.forced == close
         assert r.answer_prefix == prefix
         assert 1 <= len(r.answer) <= 3
 
@@ -239,14 +240,14 @@ def test_tempered_sampling_is_scored_at_its_temperature(tiny_model_dir):
     s = _settings(eos_ids=(1,), thinking_budget=6, answer_budget=2, temperature=0.5)
     rolls = sample(model, [tok("1 2 3<think>")["input_ids"]] * 3, s, generator=torch.Generator())
     assert all(r.temperature == 0.5 for r in rolls)
-    logp, regions = score(model, rolls, pad_id=PAD)
+    logp, regions = token_logps(model, rolls, pad_id=PAD)
     for i, r in enumerate(rolls):
         toks, _ = r.tokens_and_regions()
         with torch.no_grad():
             lp = torch.log_softmax(model(input_ids=torch.tensor([toks])).logits[0] / 0.5, -1)
         want = torch.stack([lp[j - 1, toks[j]] for j in range(len(r.prompt), len(toks))])
         assert torch.allclose(logp[i, : len(want)], want, atol=1e-5)
-    plain, _ = score(model, rolls, pad_id=PAD, temperature=1.0)
+    plain, _ = token_logps(model, rolls, pad_id=PAD, temperature=1.0)
     assert not torch.allclose(plain, logp, atol=1e-3)
 
 
@@ -261,7 +262,7 @@ ROLLS = [  # padding layouts: prompts and completions of different lengths, ever
 def test_score_matches_unpadded_full_forward_per_sequence(tiny_model_dir):
     model, _ = _load(tiny_model_dir)
     for micro in (1, 2, 4):
-        logp, regions = score(model, ROLLS, pad_id=PAD, micro_batch=micro)
+        logp, regions = token_logps(model, ROLLS, pad_id=PAD, micro_batch=micro)
         for i, r in enumerate(ROLLS):
             toks, regs = r.tokens_and_regions()
             with torch.no_grad():
@@ -271,14 +272,14 @@ def test_score_matches_unpadded_full_forward_per_sequence(tiny_model_dir):
             n = len(want)
             assert torch.allclose(logp[i, :n], torch.tensor(want), atol=1e-5)
             assert regions[i, :n].tolist() == regs[len(r.prompt) :]
-            assert (regions[i, n:] == PROMPT).all() and (logp[i, n:] == 0).all()
+            assert (regions[i, n:] == PAD_REGION).all() and (logp[i, n:] == 0).all()
     assert regions[0].tolist()[:6] == [RATIONALE] * 3 + [FORCED] + [ANSWER] * 2
     assert regions[1].tolist()[:5] == [RATIONALE] * 2 + [ANSWER_PREFIX] + [ANSWER] * 2
 
 
 def _weighted_grads(model, rolls, **kw):
     model.zero_grad()
-    logp, regions = score(model, rolls, pad_id=PAD, micro_batch=3, **kw)
+    logp, regions = token_logps(model, rolls, pad_id=PAD, micro_batch=3, **kw)
     weights = torch.linspace(-1, 2, logp.numel()).view_as(logp)
     (logp * weights).sum().backward()
     grads = [p.grad.flatten() for p in model.parameters() if p.requires_grad]
@@ -321,6 +322,16 @@ def test_chunked_scoring_honours_logit_soft_capping():
 
     model.forward = capped
     with torch.no_grad():
-        got, _ = score(model, ROLLS, pad_id=PAD)
-        want, _ = score(model, ROLLS, pad_id=PAD, full_logits=True)
+        got, _ = token_logps(model, ROLLS, pad_id=PAD)
+        want, _ = token_logps(model, ROLLS, pad_id=PAD, full_logits=True)
     assert torch.allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_a_sampled_end_token_in_the_rationale_is_scored_as_a_rationale_token(sampler):
+    """Issue 22 item 2: log p(z|x) includes the end token the policy drew, then `</think>` is forced."""
+    model = _steered_model(TABLE)
+    (ended,) = sample(model, [[8, 9, 5, 14]], _settings(sampler=sampler))
+    assert ended.rationale == [EOS] and ended.forced == [CLOSE]
+    _, regions = token_logps(model, [ended.with_answer([20, 21, EOS])], pad_id=PAD)
+    assert regions[0].tolist() == [RATIONALE, FORCED, ANSWER, ANSWER, ANSWER]

@@ -158,6 +158,13 @@ class TrainConfig:
         "runs of a suite trained side by side in separate processes (CPU only; tiny models are overhead-bound, so 2 processes x 1 thread beat 1 x 2)",
     )
     gradient_checkpointing: bool = _opt(False, "trade compute for memory in the training forward")
+    share_prompt: bool = _opt(
+        True,
+        "run each prompt once for its M rollouts (scoring with and without grad, evaluation, "
+        "sampling's prefill) and continue from its expanded key/value cache: the same log-probs "
+        "and gradient; false, or a model whose cache cannot be expanded (config.yaml then records "
+        "false), runs the prompt once per rollout",
+    )
     # output
     out: str = _opt("runs/default", "run directory")
     save_every: int = _opt(50, "checkpoint every N steps (0 = only at the end)")

@@ -1,7 +1,7 @@
 """The escape-time study: does T ~ p0^-(1-q) (q < 1) and T ~ log(1/p0) (q = 1) hold in a real network?
 
 `tsallis-rl study escape` trains GARL over a grid q x dial x optimiser x seed with the trainer's own
-runs (`experiment.train_run`, in parallel worker processes as `run_suite` does). The chain-sum
+runs (`suite.train_run`, in parallel worker processes as `run_suite` does). The chain-sum
 difficulty dial (`chainsum?dial=D`) sets p0, the initial success probability; the validation split
 is a small FIXED probe set evaluated every `eval_every` steps. This module then
 
@@ -247,7 +247,7 @@ def fit_group(
 
 
 # --------------------------------------------------------------------------------------------------
-# The grid: one TrainConfig per (q, dial, optimiser, seed), trained by experiment.train_run
+# The grid: one TrainConfig per (q, dial, optimiser, seed), trained by suite.train_run
 
 OPTIMIZERS = ("sgd", "adam", "adamw")  # the trainer's optimisers
 

@@ -89,10 +89,6 @@ class EstimatorSpec:
         answer, within the answer budget) instead of on the teacher-forced gold answer."""
         return self.inputs == "sampled_reward"
 
-    # the old name, kept only while tests/test_gradient.py (the prefix-sharing branch's file)
-    # reads it; the lead removes it when that branch merges onto this one
-    needs_answer_budget = needs_sampled_rewards
-
     @property
     def sequence_only(self) -> bool:
         """True for teacher-forced estimators that need only the [B, M] sums (what TRL provides)."""

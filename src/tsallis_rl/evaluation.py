@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from tsallis_rl.metrics import score_samples
-from tsallis_rl.rollout import ANSWER, Rollout, SamplingSettings, sample, score
+from tsallis_rl.rollout import Rollout, SamplingSettings, sample, token_logps
+from tsallis_rl.sequences import ANSWER
 
 
 @dataclass
@@ -55,6 +56,7 @@ def evaluate(
     micro_batch: int = 16,
     accelerator: Any = None,
     match: str = "default",
+    share_prompt: bool = True,
 ) -> EvalResult:
     """p@1 / p@k / m@k over k sampled answers per example, plus the mean log P-hat of the gold answer.
 
@@ -62,14 +64,16 @@ def evaluate(
     y* + end token). log P-hat = log mean_k P(y* | z_k) over the k sampled rationales, scored at
     the evaluation temperature (the distribution they were sampled from). `match`: a match mode of
     `metrics.MATCH_MODES` (its evaluation matcher decides; the summary records which).
+    share_prompt: the k rollouts of an example score y* over one pass of its prompt (same values).
     """
     world, rank = 1, 0
     if accelerator is not None:
         world, rank = accelerator.num_processes, accelerator.process_index
     mine = list(range(rank, len(examples), world))
     results = _evaluate_share(
-        policy, task, examples, prompts, golds, decode, settings, mine, k, seed, micro_batch
-    )
+        policy, task, examples, prompts, golds, decode, settings, mine, k, seed, micro_batch,
+        share_prompt,
+    )  # fmt: skip
     if world > 1:
         from accelerate.utils import gather_object
 
@@ -88,8 +92,9 @@ def evaluate(
 
 
 def _evaluate_share(
-    policy, task, examples, prompts, golds, decode, settings, indices, k, seed, micro_batch
-) -> list[dict[str, Any]]:
+    policy, task, examples, prompts, golds, decode, settings, indices, k, seed, micro_batch,
+    share_prompt=True,
+) -> list[dict[str, Any]]:  # fmt: skip
     """Sampled answers, rationale checks and log P-hat of the examples at `indices`."""
     if not indices:
         return []
@@ -100,17 +105,12 @@ def _evaluate_share(
         seeds = [example_seed(seed, i) for i in indices]
         rollouts = sample(policy, rows, settings, group_seeds=seeds)
         completions = [decode(r) for r in rollouts]
-        close = list(settings.think_close)
-        forced = [  # teacher-force y* after each sampled rationale (closed where the answer cut it)
-            replace(
-                r,
-                forced=r.forced or ([] if r.rationale[-len(close) :] == close else close),
-                answer_prefix=[],
-                answer=list(golds[indices[j // k]]),
-            )
-            for j, r in enumerate(rollouts)
-        ]
-        logp, regions = score(policy, forced, pad_id=settings.pad_id, micro_batch=micro_batch)
+        # teacher-force y* after each sampled rationale (the samplers always close it)
+        forced = [r.with_answer(golds[indices[j // k]]) for j, r in enumerate(rollouts)]
+        logp, regions = token_logps(
+            policy, forced, pad_id=settings.pad_id, micro_batch=micro_batch,
+            share_prompt=share_prompt,
+        )  # fmt: skip
     finally:
         policy.train(was_training)
     ans = (logp * (regions == ANSWER)).sum(-1).double().view(len(indices), k)

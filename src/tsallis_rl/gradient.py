@@ -12,6 +12,8 @@ The estimator's `EstimatorSpec` decides what is built from one scoring pass over
 forward with grad (everything fits in a micro-batch) or in two passes: a no-grad scoring pass, autograd
 through the estimator alone for d loss / d log-prob, and one grad forward per micro-batch that
 back-propagates those fixed coefficients. Both give the estimator's gradient exactly (tested).
+Every pass runs each group's prompt once (`share_prompt`, see `rollout.token_logps`), and the
+micro-batches are `rollout.micro_batch_slices`: whole groups whenever they fit.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import torch
 from torch import Tensor
 
 from tsallis_rl.estimators import EstimatorOutput, EstimatorSpec, coef_underflow
-from tsallis_rl.rollout import ANSWER, RATIONALE, Rollout, score
+from tsallis_rl.rollout import Rollout, can_share_prompt, micro_batch_slices, token_logps
+from tsallis_rl.sequences import ANSWER, RATIONALE
 
 
 def sequence_logps(logp: Tensor, regions: Tensor, B: int, M: int) -> tuple[Tensor, Tensor]:
@@ -146,22 +149,27 @@ def apply_gradient(
     backward: Callable[[Tensor], None] = lambda t: t.backward(),
     loss_scale: float = 1.0,
     skip_zero: bool = True,
+    share_prompt: bool = True,
 ) -> Any:
     """Accumulate loss_scale * d(estimator loss)/d(params) into .grad; returns the estimator output.
 
     rollouts: B*M, grouped by prompt; call: the bound estimator (`EstimatorSpec.bind`); rewards [B, M]
     for sampled-reward estimators; data: the no-rationale baseline inputs when the spec needs them.
-    The output's stats gain `coef_underflow` (see `estimators.coef_underflow`) for the working dtype.
+    share_prompt: every pass runs each group's prompt once per micro-batch (`rollout.token_logps`;
+    the same gradient). The output's stats gain `coef_underflow` (see `estimators.coef_underflow`)
+    for the working dtype.
     """
-    if len(rollouts) <= micro_batch:  # one forward with grad
-        logp, regions = score(model, rollouts, pad_id=pad_id, micro_batch=len(rollouts))
+    kw = dict(pad_id=pad_id, share_prompt=share_prompt)
+    slices = micro_batch_slices(rollouts, micro_batch, share_prompt and can_share_prompt(model))
+    if len(slices) == 1:  # one forward with grad
+        logp, regions = token_logps(model, rollouts, micro_batch=len(rollouts), **kw)
         out = estimator_inputs(spec, logp, regions, rewards, B, M, data).call(call)
         no_signal = out.advantages is not None and not out.advantages.any()
         if out.loss.requires_grad and not (skip_zero and no_signal):
             backward(out.loss * loss_scale)
         return _with_underflow(out, logp.dtype)
     with torch.no_grad():
-        logp, regions = score(model, rollouts, pad_id=pad_id, micro_batch=micro_batch)
+        logp, regions = token_logps(model, rollouts, micro_batch=micro_batch, **kw)
     inputs = estimator_inputs(spec, logp, regions, rewards, B, M, data)
     leaves = [t.detach().requires_grad_(True) for t in inputs.differentiable()]
     out = inputs.call(call, leaves)
@@ -170,15 +178,13 @@ def apply_gradient(
     if skip_zero and all(not g.any() for g in grads):
         return _with_underflow(out, logp.dtype)  # e.g. GRPO with equal rewards: skip the passes
     flat = [g.reshape(B * M, *g.shape[2:]) for g in grads]  # one row per rollout
-    for s in range(0, len(rollouts), micro_batch):
-        mb_logp, mb_regions = score(
-            model, rollouts[s : s + micro_batch], pad_id=pad_id, micro_batch=micro_batch
-        )
-        n = mb_logp.shape[0]
+    for sl in slices:
+        n = sl.stop - sl.start
+        mb_logp, mb_regions = token_logps(model, rollouts[sl], micro_batch=n, **kw)
         mb_inputs = differentiable_inputs(spec, mb_logp, mb_regions, n, 1)
         surrogate = mb_logp.new_zeros(())
         for g, x in zip(flat, mb_inputs):
-            coef = g[s : s + n]
+            coef = g[sl]
             if (
                 x.dim() > 2
             ):  # token-level: beyond this micro-batch's width lies padding (zero grads)
@@ -202,11 +208,13 @@ def no_rationale_rows(
     pad_id: int,
     micro_batch: int,
     temperature: float = 1.0,
+    share_prompt: bool = True,
 ) -> list[Tensor]:
     """Per-token log-probs of each gold answer after prompt + `</think>` (an empty rationale).
 
     Scored at the sampling `temperature`, like the rollouts it is compared with. Returns one 1-D
-    float tensor per example (on the CPU). Call it with the starting weights.
+    float tensor per example (on the CPU). Call it with the starting weights. share_prompt: rows
+    with the same prompt next to each other share its pass (one row per example: nothing to share).
     """
     rolls = [
         Rollout(list(p), [], list(think_close), list(g), temperature=temperature)
@@ -214,9 +222,10 @@ def no_rationale_rows(
     ]
     rows: list[Tensor] = []
     for s in range(0, len(rolls), micro_batch):
-        logp, regions = score(
-            model, rolls[s : s + micro_batch], pad_id=pad_id, micro_batch=micro_batch
-        )
+        logp, regions = token_logps(
+            model, rolls[s : s + micro_batch], pad_id=pad_id, micro_batch=micro_batch,
+            share_prompt=share_prompt,
+        )  # fmt: skip
         tok, mask = answer_token_logps(logp, regions)
         rows += [t[m > 0].detach().cpu() for t, m in zip(tok, mask)]
     return rows

@@ -83,4 +83,5 @@ def sampling_settings(
         thinking_budget=cfg.thinking_budget, answer_budget=answer_budget,
         answer_prefix=tuple(fmt.ids(fmt.answer_prefix)), temperature=temperature,
         top_p=cfg.top_p, batch_size=cfg.gen_batch_size, sampler=cfg.sampler,
+        share_prompt=cfg.share_prompt,
     )  # fmt: skip

@@ -52,6 +52,7 @@ RESUME_MAY_CHANGE = (
     "workers",
     "threads",
     "micro_batch",
+    "share_prompt",
     "out",
 )
 

@@ -17,6 +17,7 @@ best/ (HF model + tokenizer, from_pretrained-loadable), final.json.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -38,7 +39,7 @@ from tsallis_rl.loggers import Loggers
 from tsallis_rl.metrics import get_match_mode
 from tsallis_rl.models.loading import load_weights
 from tsallis_rl.prompts import PromptFormatter, sampling_settings
-from tsallis_rl.rollout import Rollout, SamplingSettings, sample
+from tsallis_rl.rollout import Rollout, SamplingSettings, can_share_prompt, sample
 from tsallis_rl.tasks.base import Example, Task
 
 # --------------------------------------------------------------------------------------------------
@@ -79,6 +80,12 @@ class Trainer:
         bar_position: int = 0,
     ) -> None:
         self.bar_position = bar_position
+        if cfg.share_prompt and not can_share_prompt(model):  # config.yaml records what runs
+            warnings.warn(
+                f"{type(model).__name__}: its prompt cache cannot be shared; share_prompt=false",
+                stacklevel=2,
+            )
+            cfg = dataclasses.replace(cfg, share_prompt=False)
         self.cfg, self.model, self.tokenizer, self.task = cfg, model, tokenizer, task
         self.splits, self.run_dir, self.device = splits, Path(run_dir), device
         self.accelerator = accelerator
@@ -178,11 +185,6 @@ class Trainer:
         finally:
             policy.train(was_training)
 
-    # Old names, kept only while tests/test_gradient.py (the prefix-sharing branch's file) still
-    # calls them; the lead removes these three lines when that branch merges onto this one.
-    enc = property(lambda self: self.formatter)
-    _prompt, _gold = prompt_ids, gold_ids
-
     # -- one optimizer step -------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
         cfg, M = self.cfg, self.cfg.num_rollouts
@@ -223,6 +225,7 @@ class Trainer:
                 pad_id=self.formatter.pad_id, micro_batch=cfg.micro_batch, rewards=rewards, data=data,
                 backward=self._backward, loss_scale=1.0 / cfg.grad_accum,
                 skip_zero=self.accelerator is None,  # under DDP every rank must run the same backwards
+                share_prompt=cfg.share_prompt,
             )  # fmt: skip
             stats = dict(out.stats)
             stats["loss"] = float(out.loss.detach())
@@ -259,7 +262,7 @@ class Trainer:
             rows = no_rationale_rows(
                 policy, [self.prompt_ids(ex) for ex in examples], [self.gold_ids(ex) for ex in examples],
                 self.formatter.think_close, pad_id=self.formatter.pad_id, micro_batch=self.cfg.micro_batch,
-                temperature=self.cfg.temperature,
+                temperature=self.cfg.temperature, share_prompt=self.cfg.share_prompt,
             )  # fmt: skip
         finally:
             policy.train(was)
@@ -290,6 +293,7 @@ class Trainer:
             self._sampling(answer_budget=cfg.answer_budget, temperature=cfg.eval_temperature),
             k=cfg.eval_k, seed=seed, micro_batch=cfg.micro_batch,
             accelerator=self.accelerator if model is None else None, match=cfg.match,
+            share_prompt=cfg.share_prompt,
         )  # fmt: skip
 
     # -- checkpoints --------------------------------------------------------------------------------

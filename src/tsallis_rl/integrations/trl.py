@@ -10,8 +10,9 @@ Switching from GRPO is a change of names; every GRPO argument keeps its meaning:
 
 Two weight sources (`tsallis_weight`):
   - "answer_likelihood" (default, the paper's estimator; needs the gold answer in
-    `tsallis_answer_column`): the rationale z_m is the completion up to `tsallis_think_end`
-    (budget-forced: `</think>` appended when it is missing); the gold answer y* (+ EOS) is
+    `tsallis_answer_column`): the rationale z_m is the completion up to `tsallis_think_end` or an
+    end token (kept in z and trained), whichever comes first; `</think>` is appended when the model
+    did not write it (budget forcing; the rules are `tsallis_rl.sequences.close_rationale`); the gold answer y* (+ EOS) is
     teacher-forced after it and w_m = p(y* | x, z_m) from the policy. It trains even when every
     sampled answer is wrong (cold start). q = 0 is RB-RLOO (= VeriFree), q = 1 the self-normalised
     IWAE-like gradient of log P.
@@ -40,6 +41,7 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 
 from tsallis_rl.estimators import coef_underflow, get_estimator_spec, list_estimators
+from tsallis_rl.sequences import teacher_forced_batch
 from tsallis_rl.tasks.base import default_answer_prefix
 
 __all__ = ["TsallisGRPOConfig", "TsallisGRPOTrainer", "group_coefficients", "build_teacher_forced"]
@@ -159,15 +161,6 @@ def group_coefficients(
     return rat[local_slice], ans[local_slice], out.stats
 
 
-def _find(seq: list[int], sub: list[int]) -> int:
-    """Index of the first occurrence of `sub` in `seq`, or -1."""
-    n = len(sub)
-    for i in range(len(seq) - n + 1):
-        if seq[i : i + n] == sub:
-            return i
-    return -1
-
-
 def build_teacher_forced(
     completion_ids: list[list[int]],
     answer_ids: list[list[int]],
@@ -175,34 +168,20 @@ def build_teacher_forced(
     eos_ids: list[int],
     pad_id: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Rebuild each completion as rationale + (forced) think-end + gold answer.
+    """Rebuild each completion as rationale + (forced) think-end + gold answer (`sequences`' rules).
 
-    completion_ids: N unpadded sampled completions; answer_ids: N token lists of y* (with its end token).
-    The rationale z is the completion up to and including the first `think_end_ids`; when there is none
-    (budget spent, or EOS before the marker) z is the completion without its EOS and the marker is appended
-    as forced context (scored by neither part). Returns right-padded (ids, attention_mask, rationale_mask,
-    answer_mask) [N, T] and budget_forced [N] bool. Rationale tokens keep their completion positions.
+    completion_ids: N unpadded sampled completions; answer_ids: N token lists of y* (with its end
+    token). The rationale z ends at the first `think_end_ids` or the first end token, whichever comes
+    first (a sampled end token is kept in z and trained); after an end token or a spent budget the
+    marker is appended as forced context (scored by neither part). Returns right-padded
+    (ids, attention_mask, rationale_mask, answer_mask) [N, T] and budget_forced [N] bool. Rationale
+    tokens keep their completion positions.
     """
-    rows, rmask, amask, forced = [], [], [], []
-    for comp, ans in zip(completion_ids, answer_ids):
-        comp = list(comp)
-        i = _find(comp, think_end_ids)
-        if i >= 0:
-            z, extra = comp[: i + len(think_end_ids)], []
-        else:
-            z = comp[:-1] if comp and comp[-1] in eos_ids else comp
-            extra = list(think_end_ids)
-        rows.append(z + extra + list(ans))
-        rmask.append([1] * len(z) + [0] * (len(extra) + len(ans)))
-        amask.append([0] * (len(z) + len(extra)) + [1] * len(ans))
-        forced.append(i < 0)
-    T = max(len(r) for r in rows)
-    pad = [T - len(r) for r in rows]
-    ids = torch.tensor([r + [pad_id] * p for r, p in zip(rows, pad)], dtype=torch.long)
-    attn = torch.tensor([[1] * len(r) + [0] * p for r, p in zip(rows, pad)], dtype=torch.long)
-    rm = torch.tensor([m + [0] * p for m, p in zip(rmask, pad)], dtype=torch.long)
-    am = torch.tensor([m + [0] * p for m, p in zip(amask, pad)], dtype=torch.long)
-    return ids, attn, rm, am, torch.tensor(forced)
+    batch = teacher_forced_batch(completion_ids, answer_ids, think_end_ids, eos_ids, pad_id)
+    return (
+        batch.ids, batch.attention_mask, batch.rationale_mask, batch.answer_mask,
+        batch.budget_forced,
+    )  # fmt: skip
 
 
 @dataclass
