@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
+
+import pytest
 
 from tsallis_rl.cli import build_parser
 from tsallis_rl.config import default_of
@@ -82,3 +86,66 @@ def test_user_errors_are_one_family():
     kinds = [errors.ConfigError, errors.RecipeError, errors.DataError, errors.CheckpointError]
     for kind in [*kinds, errors.ModelError]:
         assert issubclass(kind, errors.UserError), kind
+
+
+def _tsallis_rl(*argv: str, **kw):
+    """`tsallis-rl ARGV` as a real process (signals and pipes behave as in a shell)."""
+    import subprocess
+    import sys
+
+    script = "import sys\nfrom tsallis_rl.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", script, *argv], env=env, **kw)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ctrl_c_during_train_exits_130_in_one_line_and_the_run_resumes(
+    tmp_path, tiny_model_dir, workers
+):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) while a suite trains: status
+    130, one line saying what was kept and how to continue, no traceback (also from the worker
+    processes); then --resume finishes every run."""
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "run"
+    argv = [
+        "train", "--model", str(tiny_model_dir), "--estimators", "garl:0.75,grpo",
+        "--steps", "40", "--save-every", "1", "--eval-every", "20", "--val-size", "2",
+        "--test-size", "2", "--eval-k", "2", "--num-rollouts", "2", "--batch-size", "2",
+        "--thinking-budget", "6", "--answer-budget", "3", "--out", str(out),
+        "--progress", "false", "--workers", workers, "--threads", workers,
+    ]  # fmt: skip
+    proc = _tsallis_rl(
+        *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.time() + 300
+    while not list(out.glob("*/checkpoints/step-*")) and time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and len(lines) == 1, err
+    assert "interrupted" in lines[0] and "--resume" in lines[0] and str(out) in lines[0]
+    done = _tsallis_rl(*argv, "--resume", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert done.wait(timeout=600) == 0, done.communicate()
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["tag"] for r in summary] == ["garl_q0.75", "grpo"]
+    assert all(
+        json.loads((out / t / "final.json").read_text())["steps"] == 40
+        for t in ("garl_q0.75", "grpo")
+    )
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    """`tsallis-rl recipes | head -1`: the closed pipe ends the command with no traceback."""
+    import subprocess
+
+    proc = _tsallis_rl("recipes", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the command writes
+    _, err = proc.communicate(timeout=120)
+    assert b"Traceback" not in err and b"BrokenPipeError" not in err, err.decode()
+    assert proc.returncode == 0

@@ -14,6 +14,7 @@ import dataclasses
 import inspect
 import json
 import multiprocessing
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -252,7 +253,8 @@ def train_pool(
         }
     per_worker = max(1, threads // workers)
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_ignore_sigint)
+    try:
         futures = {
             job.name: pool.submit(
                 train_run,
@@ -264,7 +266,26 @@ def train_pool(
             for job in jobs
         }
         _combined_progress({j.name: (j.run_dir, j.cfg.steps) for j in jobs}, futures, progress)
-        return {name: fut.result() for name, fut in futures.items()}
+        results = {name: fut.result() for name, fut in futures.items()}
+    except KeyboardInterrupt:  # Ctrl-C reaches this process alone (workers ignore it): stop them
+        _stop_workers(pool)
+        raise
+    pool.shutdown()
+    return results
+
+
+def _ignore_sigint() -> None:
+    """Worker initializer: Ctrl-C goes to the whole process group; only the parent handles it
+    (it stops the workers), so no worker prints a traceback of its own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """End a pool's workers now (SIGTERM: their checkpoints are written atomically, so the last
+    whole one stays) and drop the jobs not started."""
+    for proc in list(getattr(pool, "_processes", {}).values()):
+        proc.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _union(splits: Any) -> dict[str, list[Example]]:
