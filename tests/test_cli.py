@@ -132,8 +132,7 @@ def test_ctrl_c_during_train_exits_130_in_one_line_and_the_run_resumes(
     assert "interrupted" in lines[0] and "--resume" in lines[0] and str(out) in lines[0]
     done = _tsallis_rl(*argv, "--resume", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert done.wait(timeout=600) == 0, done.communicate()
-    summary = json.loads((out / "summary.json").read_text())
-    assert [r["tag"] for r in summary] == ["garl_q0.75", "grpo"]
+    assert (out / "summary.json").exists() and (out / "report.md").exists()
     assert all(
         json.loads((out / t / "final.json").read_text())["steps"] == 40
         for t in ("garl_q0.75", "grpo")

@@ -29,3 +29,22 @@ def test_help_keeps_the_docstrings_command_lines_and_lists_every_teacher_forced_
         assert (name in res.stdout.split("--estimator")[1].split("]")[0]) == get_estimator_spec(
             name
         ).sequence_only
+
+
+def test_settings_come_from_the_device_present_not_from_the_model_kind():
+    """A real model on a CPU-only machine must not get bf16 / gradient checkpointing (TRL refuses
+    bf16 without a GPU); a GPU gets them, fp16 where it lacks bf16."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("trl_garl", ROOT / "examples" / "trl_garl.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    cpu = example.device_settings(cuda=False, bf16_ok=False)
+    assert cpu["use_cpu"] and not cpu["bf16"] and not cpu["gradient_checkpointing"]
+    assert cpu["model_init_kwargs"] == {"dtype": "float32"}
+    gpu = example.device_settings(cuda=True, bf16_ok=True)
+    assert gpu["bf16"] and gpu["gradient_checkpointing"] and not gpu["use_cpu"]
+    assert gpu["gradient_checkpointing_kwargs"] == {"use_reentrant": False}  # no FutureWarning
+    old_gpu = example.device_settings(cuda=True, bf16_ok=False)
+    assert old_gpu["fp16"] and not old_gpu["bf16"]
+    assert "chosen from the device present" in example.__doc__
