@@ -372,3 +372,11 @@ def test_a_resume_names_the_same_data_saved_relative_before_paths_were_recorded_
     saved = {"data": "d.jsonl", "model": None}
     assert rundir.config_changes(saved, {"data": str(tmp_path / "d.jsonl"), "model": None}) == {}
     assert rundir.config_changes(saved, {"data": "/elsewhere/d.jsonl", "model": None})
+
+
+def test_a_resume_that_finds_no_checkpoint_says_it_starts_from_step_0(
+    tmp_path, tiny_model_dir, capsys
+):
+    trainer = _trainer(tmp_path / "r", tiny_model_dir, resume=True, steps=1)
+    trainer.fit()
+    assert "no checkpoint yet; starting from step 0" in capsys.readouterr().err

@@ -60,3 +60,22 @@ def test_theory_config_yaml_and_bad_fields(tmp_path, capsys):
     bad.write_text("nope: 1\n")
     rc = main(["theory", "escort", "--out", str(tmp_path / "o2"), "--config", str(bad)])
     assert rc == 2 and "unknown key" in capsys.readouterr().err
+
+
+def test_study_counts_its_runs_in_words():
+    from tsallis_rl.commands.study import count
+
+    assert (count(1, "run"), count(4, "run")) == ("1 run", "4 runs")
+
+
+def test_study_never_resumes_into_a_folder_another_command_wrote(tmp_path, capsys):
+    theory = tmp_path / "theory"
+    assert main(["theory", "escort", "--out", str(theory), "--quick", "--progress", "false"]) == 0
+    before = sorted(p.name for p in theory.iterdir())
+    argv = ["study", "escape", "--q", "1", "--dial", "1", "--steps", "1", "--out", str(theory)]
+    for extra in (["--resume"], ["--overwrite"]):
+        assert main([*argv, *extra]) == 2
+        assert "tsallis-rl theory" in capsys.readouterr().err
+    assert sorted(p.name for p in theory.iterdir()) == before
+    assert main([*argv, "--resume", "--out", str(tmp_path / "nothere")]) == 2
+    assert "nothing to resume" in capsys.readouterr().err

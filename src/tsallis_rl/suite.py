@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from tsallis_rl.config import ConfigError, TrainConfig
+from tsallis_rl.config import ConfigError, TrainConfig, default_of
 from tsallis_rl.estimators import get_estimator_spec
 from tsallis_rl.io import read_jsonl
 from tsallis_rl.models import basemodel
@@ -191,6 +191,21 @@ def run_tag(
     return f"{name}_q{q:g}"
 
 
+ABLATIONS = ("baseline", "pathwise", "normalize")
+"""Estimator options whose non-default value makes a different method: named in the run's tag."""
+
+
+def ablation_tag(cfg: TrainConfig, name: str) -> str:
+    """"_pathwise-false_baseline-none" for the ablations of `cfg` that estimator `name` takes
+    ("" at the defaults), so that a run's name says what it trained."""
+    takes = inspect.signature(get_estimator_spec(name).fn).parameters
+    return "".join(
+        f"_{option}-{str(getattr(cfg, option)).lower()}"
+        for option in ABLATIONS
+        if option in takes and getattr(cfg, option) != default_of(option)
+    )
+
+
 def suite_jobs(cfg: TrainConfig) -> list[Job]:
     """Every (method, seed) run of cfg, methods in cfg.runs() order, each over cfg.seed_list()."""
     seeds = cfg.seed_list()
@@ -200,6 +215,7 @@ def suite_jobs(cfg: TrainConfig) -> list[Job]:
         for seed in seeds:
             run_cfg = cfg.for_run(name, q, seed)
             tag = run_tag(name, run_cfg.q, spec.uses_q, run_cfg.q_schedule, run_cfg.q_end)
+            tag += ablation_tag(run_cfg, name)
             run = f"{tag}/seed-{seed}" if len(seeds) > 1 else tag
             jobs.append(Job(run_cfg, tag, seed, run))
     return jobs

@@ -74,6 +74,11 @@ def _interrupted(args: argparse.Namespace) -> str:
     )
 
 
+def count(n: int, noun: str) -> str:
+    """ "1 run", "2 runs"."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def build_config(args: argparse.Namespace):
     """EscapeStudyConfig from its defaults and the flags given; validated (ConfigError if bad)."""
     cfg = EscapeStudyConfig()
@@ -95,8 +100,10 @@ def run(args: argparse.Namespace) -> int:
     write_yaml(args.out / "config.yaml", cfg.to_dict())
     t0 = time.perf_counter()
     n = len(cfg.grid())
-    runs = f"{n} run" + ("" if n == 1 else "s")
-    print(f"study escape: {runs} ({cfg.workers} at a time), {cfg.steps} steps each", flush=True)
+    print(
+        f"study escape: {count(n, 'run')} ({cfg.workers} at a time), {cfg.steps} steps each",
+        flush=True,
+    )
     train_grid(cfg, args.out, resume=args.resume)
     results = analyse(cfg, args.out)
     results["wall_seconds"] = round(time.perf_counter() - t0, 1)
