@@ -269,7 +269,7 @@ def train_pool(
         }
     per_worker = max(1, threads // workers)
     ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_ignore_sigint)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_signals)
     try:
         futures = {
             job.name: pool.submit(
@@ -290,15 +290,21 @@ def train_pool(
     return results
 
 
-def _ignore_sigint() -> None:
+def _worker_signals() -> None:
     """Worker initializer: Ctrl-C goes to the whole process group; only the parent handles it
-    (it stops the workers), so no worker prints a traceback of its own."""
+    (it stops the workers), so no worker prints a traceback of its own. SIGTERM (the parent's
+    stop) exits through Python, so the worker's own cleanup runs (no leaked semaphores)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_quietly)
+
+
+def _exit_quietly(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
-    """End a pool's workers now (SIGTERM: their checkpoints are written atomically, so the last
-    whole one stays) and drop the jobs not started."""
+    """End a pool's workers now (SIGTERM: an atomic write cut short leaves the previous version,
+    so each run keeps its last whole checkpoint) and drop the jobs not started."""
     for proc in list(getattr(pool, "_processes", {}).values()):
         proc.terminate()
     pool.shutdown(wait=True, cancel_futures=True)
