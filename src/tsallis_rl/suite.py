@@ -196,8 +196,8 @@ ABLATIONS = ("baseline", "pathwise", "normalize")
 
 
 def ablation_tag(cfg: TrainConfig, name: str) -> str:
-    """"_pathwise-false_baseline-none" for the ablations of `cfg` that estimator `name` takes
-    ("" at the defaults), so that a run's name says what it trained."""
+    """The tag suffix of the ablations of `cfg` that estimator `name` takes, such as
+    "_pathwise-false_baseline-none" ("" at the defaults), so that a run's name says what it ran."""
     takes = inspect.signature(get_estimator_spec(name).fn).parameters
     return "".join(
         f"_{option}-{str(getattr(cfg, option)).lower()}"
