@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tsallis_rl.experiment import build_trainer
+from tsallis_rl.suite import build_trainer
 from tsallis_rl.tiny import build_tiny_causal_lm
 
 import tsallis_rl.rollout as rollout_mod
@@ -272,7 +272,7 @@ import sys, torch, torch.distributed as dist
 sys.path.insert(0, sys.argv[1])
 import test_prefix_sharing as t
 from tsallis_rl.estimators import get_estimator_spec
-from tsallis_rl.experiment import build_trainer
+from tsallis_rl.suite import build_trainer
 from tsallis_rl.gradient import apply_gradient
 dist.init_process_group("gloo")
 rank = dist.get_rank()
