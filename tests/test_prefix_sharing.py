@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 from tsallis_rl.suite import build_trainer
-from tsallis_rl.tiny import build_tiny_causal_lm
+from tsallis_rl.models.tiny import build_tiny_causal_lm
 
 import tsallis_rl.rollout as rollout_mod
 import tsallis_rl.trainer as trainer_mod
