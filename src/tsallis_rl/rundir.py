@@ -142,15 +142,15 @@ def check_out_dir(out: Path, *, kind: str, overwrite: bool, resume: bool | None 
     another command (`kind`: train, eval, study, theory, export) made: `eval --out RUN --overwrite`
     never replaces a training run. A marked one of the same kind needs --overwrite (it is
     replaced: see `claim_out_dir`) or, for commands that can continue their work (`resume` not
-    None), --resume. With --resume, there must be something to resume. Raises ConfigError naming
-    the folder and the way out.
+    None), --resume. With --resume, the folder must exist (a typo is not a fresh start). Raises
+    ConfigError naming the folder and the way out.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out: {out} is a file, not a directory")
-    if not out.exists() or not _has_content(out):
-        if resume and not overwrite:
-            raise ConfigError(f"resume: nothing to resume at {out} (no such folder); check --out")
+    if resume and not overwrite and not out.exists():  # a typo in --out, not a fresh start
+        raise ConfigError(f"resume: nothing to resume at {out} (no such folder); check --out")
+    if not out.exists() or not _has_content(out):  # (a run killed before its first write: resumed)
         return
     if not is_run_dir(out):
         raise ConfigError(
