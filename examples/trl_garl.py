@@ -53,18 +53,33 @@ def exact_match(completions, answer, **kwargs) -> list[float]:
     return out
 
 
-def device_settings(cuda: bool, bf16_ok: bool) -> dict:
-    """TRL settings for the device present: GPU -> bf16 (or fp16) weights and gradient
-    checkpointing (non-reentrant: the form transformers asks for); CPU -> fp32, none of those."""
+def device_settings(
+    cuda: bool, bf16_ok: bool, checkpointing: str = "activation_checkpointing"
+) -> dict:
+    """TRL settings for the device present: GPU -> bf16 (or fp16) weights and non-reentrant
+    activation checkpointing; CPU -> fp32 and no checkpointing. `checkpointing` is the name this
+    transformers gives the option (`activation_checkpointing`; `gradient_checkpointing`, now a
+    deprecated alias that warns, before v5)."""
     if not cuda:
-        return {"use_cpu": True, "bf16": False, "fp16": False, "gradient_checkpointing": False,
+        return {"use_cpu": True, "bf16": False, "fp16": False, checkpointing: False,
                 "model_init_kwargs": {"dtype": "float32"}}  # fmt: skip
     dtype = "bfloat16" if bf16_ok else "float16"
     return {
-        "use_cpu": False, "bf16": bf16_ok, "fp16": not bf16_ok, "gradient_checkpointing": True,
-        "gradient_checkpointing_kwargs": {"use_reentrant": False},
-        "model_init_kwargs": {"dtype": dtype},
+        "use_cpu": False, "bf16": bf16_ok, "fp16": not bf16_ok, checkpointing: True,
+        f"{checkpointing}_kwargs": {"use_reentrant": False}, "model_init_kwargs": {"dtype": dtype},
     }  # fmt: skip
+
+
+def checkpointing_name() -> str:
+    """The installed transformers' name of the activation-checkpointing option."""
+    from transformers import TrainingArguments
+
+    fields = TrainingArguments.__dataclass_fields__
+    return (
+        "activation_checkpointing"
+        if "activation_checkpointing" in fields
+        else "gradient_checkpointing"
+    )
 
 
 def main() -> None:
@@ -101,7 +116,7 @@ def main() -> None:
 
     tiny = cli.model == "tiny"
     cuda = torch.cuda.is_available() and not tiny  # the tiny model is overhead-bound: CPU
-    settings = device_settings(cuda, cuda and torch.cuda.is_bf16_supported())
+    settings = device_settings(cuda, cuda and torch.cuda.is_bf16_supported(), checkpointing_name())
     questions, answers = arithmetic(256, cli.seed)
     if tiny:
         from tsallis_rl.models.tiny import build_char_tokenizer, build_tiny_causal_lm

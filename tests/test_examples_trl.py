@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -39,12 +40,20 @@ def test_settings_come_from_the_device_present_not_from_the_model_kind():
     spec = importlib.util.spec_from_file_location("trl_garl", ROOT / "examples" / "trl_garl.py")
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    cpu = example.device_settings(cuda=False, bf16_ok=False)
-    assert cpu["use_cpu"] and not cpu["bf16"] and not cpu["gradient_checkpointing"]
+    name = example.checkpointing_name()
+    cpu = example.device_settings(cuda=False, bf16_ok=False, checkpointing=name)
+    assert cpu["use_cpu"] and not cpu["bf16"] and not cpu[name]
     assert cpu["model_init_kwargs"] == {"dtype": "float32"}
-    gpu = example.device_settings(cuda=True, bf16_ok=True)
-    assert gpu["bf16"] and gpu["gradient_checkpointing"] and not gpu["use_cpu"]
-    assert gpu["gradient_checkpointing_kwargs"] == {"use_reentrant": False}  # no FutureWarning
+    gpu = example.device_settings(cuda=True, bf16_ok=True, checkpointing=name)
+    assert gpu["bf16"] and gpu[name] and not gpu["use_cpu"]
+    assert gpu[f"{name}_kwargs"] == {"use_reentrant": False}
+    from transformers import TrainingArguments
+
+    with warnings.catch_warnings():  # the option's current name: no FutureWarning about it
+        warnings.simplefilter("error", FutureWarning)
+        TrainingArguments(
+            output_dir="unused", **{k: v for k, v in cpu.items() if k != "model_init_kwargs"}
+        )
     old_gpu = example.device_settings(cuda=True, bf16_ok=False)
     assert old_gpu["fp16"] and not old_gpu["bf16"]
     assert "chosen from the device present" in example.__doc__

@@ -433,12 +433,14 @@ def finite_float(s: str) -> float:
 
 
 def list_parser(item: type) -> Callable[[str], list]:
-    """A flag value "a,b,c" as a list of `item` (floats finite); an empty item ("0,,1") is a
-    typo, not a value, and is refused."""
+    """A flag value "a,b,c" as a list of `item` (floats finite); an empty item among values
+    ("0,,1") is a typo, not a value, and is refused; "" is the empty list."""
     convert = finite_float if item is float else item
 
     def parse(text: str) -> list:
         parts = [p.strip() for p in text.split(",")]
+        if not any(parts):  # "" or ",": an empty list (the config's check says what it needs)
+            return []
         if "" in parts:
             raise argparse.ArgumentTypeError(f"expected a comma list such as 1,2,3, got {text!r}")
         try:
