@@ -112,8 +112,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     cli = ap.parse_args()
 
+    import warnings
+
     import torch
 
+    # TRL itself still calls transformers' old name (trl/models/utils.py); nothing a user can act on
+    warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
     tiny = cli.model == "tiny"
     cuda = torch.cuda.is_available() and not tiny  # the tiny model is overhead-bound: CPU
     settings = device_settings(cuda, cuda and torch.cuda.is_bf16_supported(), checkpointing_name())

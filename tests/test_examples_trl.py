@@ -57,3 +57,14 @@ def test_settings_come_from_the_device_present_not_from_the_model_kind():
     old_gpu = example.device_settings(cuda=True, bf16_ok=False)
     assert old_gpu["fp16"] and not old_gpu["bf16"]
     assert "chosen from the device present" in example.__doc__
+
+
+def test_the_tiny_example_runs_without_a_future_warning(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(
+        [sys.executable, "-W", "error::FutureWarning", str(ROOT / "examples" / "trl_garl.py"),
+         "--steps", "1", "--output-dir", str(tmp_path / "out")],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "FutureWarning" not in res.stderr and "steps 1:" in res.stdout
