@@ -1,11 +1,12 @@
 # make run  : install into .venv and run the main job (the CPU cold-start experiment)
+# make resume: continue an interrupted `make run` from its checkpoints (same results as uninterrupted)
 # make test : install into .venv, check the import layers (lint-imports), run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 EXTRAS ?= dev,lora,trl,gym,gguf
 
-.PHONY: install run test test-verl lint clean
+.PHONY: install run resume test test-verl lint clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +20,9 @@ install: $(VENV)/.installed
 
 run: install
 	$(VENV)/bin/tsallis-rl train
+
+resume: install
+	$(VENV)/bin/tsallis-rl train --resume
 
 test: install
 	$(VENV)/bin/lint-imports  # the layers of ARCHITECTURE.md (contracts in pyproject.toml)

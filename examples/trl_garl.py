@@ -7,6 +7,11 @@ r"""GARL (or PAFT) through Hugging Face TRL: a runnable cold-start example.
     # a hub model on a GPU (Qwen3 thinking mode; vLLM if installed):
     python examples/trl_garl.py --model Qwen/Qwen3-0.6B --steps 200 --num-generations 8 \
         --max-completion-length 1024 [--use-vllm]
+    # a real small model on a CPU (a local folder, a catalog name or a .gguf file; ~17 s a step):
+    python examples/trl_garl.py --model smollm2-135m --steps 4 --prompts-per-step 2
+
+What runs where is chosen from the device present, not from the model: on a GPU, bf16 weights
+(fp16 where the GPU lacks bf16) and gradient checkpointing; on a CPU, fp32 and no checkpointing.
 
 The task is two-number arithmetic ("12+34=?" -> "46") with an exact-match reward on the text after
 `</think>`. A random tiny model never gets a reward, so GRPO does not move; GARL with the
@@ -48,12 +53,44 @@ def exact_match(completions, answer, **kwargs) -> list[float]:
     return out
 
 
+def device_settings(
+    cuda: bool, bf16_ok: bool, checkpointing: str = "activation_checkpointing"
+) -> dict:
+    """TRL settings for the device present: GPU -> bf16 (or fp16) weights and non-reentrant
+    activation checkpointing; CPU -> fp32 and no checkpointing. `checkpointing` is the name this
+    transformers gives the option (`activation_checkpointing`; `gradient_checkpointing`, now a
+    deprecated alias that warns, before v5)."""
+    if not cuda:
+        return {"use_cpu": True, "bf16": False, "fp16": False, checkpointing: False,
+                "model_init_kwargs": {"dtype": "float32"}}  # fmt: skip
+    dtype = "bfloat16" if bf16_ok else "float16"
+    return {
+        "use_cpu": False, "bf16": bf16_ok, "fp16": not bf16_ok, checkpointing: True,
+        f"{checkpointing}_kwargs": {"use_reentrant": False}, "model_init_kwargs": {"dtype": dtype},
+    }  # fmt: skip
+
+
+def checkpointing_name() -> str:
+    """The installed transformers' name of the activation-checkpointing option."""
+    from transformers import TrainingArguments
+
+    fields = TrainingArguments.__dataclass_fields__
+    return (
+        "activation_checkpointing"
+        if "activation_checkpointing" in fields
+        else "gradient_checkpointing"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument(
-        "--model", default="tiny", help="'tiny' (local, CPU) or a hub id, e.g. Qwen/Qwen3-0.6B"
+        "--model",
+        default="tiny",
+        help="'tiny' (a random local model), a local folder, a catalog name (smollm2-135m), a "
+        ".gguf file or a hub id, e.g. Qwen/Qwen3-0.6B; GPU settings if a GPU is present, else CPU",
     )
     ap.add_argument("--estimator", default="garl", choices=ESTIMATORS)
     ap.add_argument("--q", type=float, default=0.75, help="commitment q in [0, 1]")
@@ -75,7 +112,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     cli = ap.parse_args()
 
+    import warnings
+
+    import torch
+
+    # TRL itself still calls transformers' old name (trl/models/utils.py); nothing a user can act on
+    warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
     tiny = cli.model == "tiny"
+    cuda = torch.cuda.is_available() and not tiny  # the tiny model is overhead-bound: CPU
+    settings = device_settings(cuda, cuda and torch.cuda.is_bf16_supported(), checkpointing_name())
     questions, answers = arithmetic(256, cli.seed)
     if tiny:
         from tsallis_rl.models.tiny import build_char_tokenizer, build_tiny_causal_lm
@@ -84,8 +129,10 @@ def main() -> None:
         model = build_tiny_causal_lm(len(tokenizer), hidden_size=64, num_layers=2, num_heads=4)
         prompts = questions
     else:
+        from tsallis_rl.models.catalog import resolve_model
+
         tokenizer = None  # TRL loads the model's own tokenizer / chat template
-        model = cli.model  # TRL loads the weights (dtype from model_init_kwargs)
+        model = str(resolve_model(cli.model) or cli.model)  # weights: dtype from model_init_kwargs
         prompts = [
             [{"role": "user", "content": f"Compute {q} Answer with the number only."}]
             for q in questions
@@ -104,12 +151,9 @@ def main() -> None:
         save_strategy="no",
         report_to="none",
         seed=cli.seed,
-        use_cpu=tiny,
-        bf16=not tiny,
-        gradient_checkpointing=not tiny,
         use_vllm=cli.use_vllm,
         vllm_mode="colocate",
-        model_init_kwargs=None if tiny else {"dtype": "bfloat16"},
+        **{**settings, **({"model_init_kwargs": None} if tiny else {})},
         # -- the Tsallis settings --
         tsallis_estimator=cli.estimator,
         tsallis_q=cli.q,

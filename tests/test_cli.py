@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
+from pathlib import Path
+
+import pytest
 
 from tsallis_rl.cli import build_parser
 from tsallis_rl.config import default_of
@@ -82,3 +87,130 @@ def test_user_errors_are_one_family():
     kinds = [errors.ConfigError, errors.RecipeError, errors.DataError, errors.CheckpointError]
     for kind in [*kinds, errors.ModelError]:
         assert issubclass(kind, errors.UserError), kind
+
+
+def test_on_off_flags_take_the_same_form_in_every_subcommand():
+    """--resume, --overwrite and --progress: `--x` alone or `--x true|false`, everywhere (train's
+    generated flags, eval, export, study, theory); theory's --no-progress is only a hidden alias."""
+    from tsallis_rl.config import parse_bool
+
+    leaves = dict(_leaf_parsers(build_parser()))
+    seen = set()
+    for name, parser in leaves.items():
+        opts = _options(parser)
+        for flag in ("--resume", "--overwrite", "--progress"):
+            if flag in opts:
+                seen.add((name, flag))
+                action = opts[flag]
+                assert action.type is parse_bool and action.nargs == "?" and action.const is True, (
+                    name,
+                    flag,
+                )
+        if "--no-progress" in opts:
+            assert opts["--no-progress"].help == argparse.SUPPRESS, name
+    for name in ("train", "study", "theory", "eval", "export verl"):
+        assert (f"tsallis-rl {name}", "--overwrite") in seen, name
+    assert {("tsallis-rl study", "--resume"), ("tsallis-rl theory", "--progress")} <= seen
+
+
+def test_train_help_shows_its_examples_as_written():
+    text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    assert "--regime cold \\\n        --estimator garl" in text  # the line break is kept
+    assert "make resume" in text
+
+
+def test_the_readme_says_where_the_command_is_and_make_can_resume():
+    """After `make install` / `make run` the command is in .venv/bin, not on PATH; an interrupted
+    `make run` continues with `make resume` (make cannot pass --resume)."""
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    assert ".venv/bin/tsallis-rl" in readme and "source .venv/bin/activate" in readme
+    assert "make resume" in readme
+    makefile = (root / "Makefile").read_text()
+    assert "\nresume: install\n\t$(VENV)/bin/tsallis-rl train --resume\n" in makefile
+
+
+def _tsallis_rl(*argv: str, **kw):
+    """`tsallis-rl ARGV` as a real process (signals and pipes behave as in a shell)."""
+    import subprocess
+    import sys
+
+    script = "import sys\nfrom tsallis_rl.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", script, *argv], env=env, **kw)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ctrl_c_during_train_exits_130_in_one_line_and_the_run_resumes(
+    tmp_path, tiny_model_dir, workers
+):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) while a suite trains: status
+    130, one line saying what was kept and how to continue, no traceback (also from the worker
+    processes); then --resume finishes every run."""
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "run"
+    argv = [
+        "train", "--model", str(tiny_model_dir), "--estimators", "garl:0.75,grpo",
+        "--steps", "40", "--save-every", "1", "--eval-every", "20", "--val-size", "2",
+        "--test-size", "2", "--eval-k", "2", "--num-rollouts", "2", "--batch-size", "2",
+        "--thinking-budget", "6", "--answer-budget", "3", "--out", str(out),
+        "--progress", "false", "--workers", workers, "--threads", workers,
+    ]  # fmt: skip
+    proc = _tsallis_rl(
+        *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.time() + 300
+    while not list(out.glob("*/checkpoints/step-*")) and time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and len(lines) == 1, err
+    assert "interrupted" in lines[0] and "--resume" in lines[0] and str(out) in lines[0]
+    done = _tsallis_rl(*argv, "--resume", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert done.wait(timeout=600) == 0, done.communicate()
+    assert (out / "summary.json").exists() and (out / "report.md").exists()
+    assert all(
+        json.loads((out / t / "final.json").read_text())["steps"] == 40
+        for t in ("garl_q0.75", "grpo")
+    )
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    """`tsallis-rl recipes | head -1`: the closed pipe ends the command with no traceback."""
+    import subprocess
+
+    proc = _tsallis_rl("recipes", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the command writes
+    _, err = proc.communicate(timeout=120)
+    assert b"Traceback" not in err and b"BrokenPipeError" not in err, err.decode()
+    assert proc.returncode == 0
+
+
+def test_the_readmes_smoke_commands_name_data_each_task_can_load():
+    """`--recipe X-smoke --data ../shared/data/X` is the README's pattern; where a folder is
+    ambiguous (MuSiQue: two validation files) the README names the file, and that command loads."""
+    import re
+
+    from tsallis_rl.config import TrainConfig, recipe_options
+    from tsallis_rl.suite import make_splits
+    from tsallis_rl.tasks import get_task
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root.parent / "shared" / "data").is_dir():
+        pytest.skip("../shared/data is not here")
+    readme = (root / "README.md").read_text()
+    shown = dict(re.findall(r"--recipe (\w+-smoke) --data (\.\./shared/data/[\w./-]+)", readme))
+    for task in ("finqa", "hotpotqa", "musique"):
+        name = f"{task}-smoke"
+        assert name in readme
+        data = shown.get(name, f"../shared/data/{task}")
+        opts = {**recipe_options(name), "data": str(root / data)}
+        cfg = TrainConfig(**{k: v for k, v in opts.items() if k != "recipe"})
+        splits = make_splits(get_task(cfg.task), cfg)
+        assert splits["train"] and splits["val"], name

@@ -91,3 +91,44 @@ def test_step_schedule_requires_its_switch_step_and_it_applies_only_there():
         _cfg("--q-schedule", "linear", "--q-end", "0", "--q-switch-step", "5")
     with pytest.raises(ConfigError, match="q_end"):
         _cfg("--q-end", "0.5")
+
+
+# -- issue 25 --------------------------------------------------------------------------------------
+
+
+def test_a_bad_number_is_named_in_plain_words_and_an_empty_seed_item_is_refused(capsys):
+    from tsallis_rl.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--q", "0.7.5"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "expected a number, got '0.7.5'" in err and "finite_float" not in err
+    with pytest.raises(ConfigError, match="empty item"):
+        _cfg("--seeds", "0,,1")
+    with pytest.raises(ConfigError, match="empty item"):
+        _cfg("--seeds", "0,1,")
+    assert _cfg("--seeds", "0,1").seed_list() == [0, 1]
+
+
+def test_local_paths_are_recorded_absolute_so_a_run_works_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "model").mkdir()
+    cfg = _cfg("--data", "data", "--model", "./model", "--estimator", "garl")
+    assert cfg.data == str(tmp_path / "data") and cfg.model == str(tmp_path / "model")
+    assert _cfg("--model", "tiny:random", "--estimator", "garl").model == "tiny:random"
+    assert _cfg("--model", "Qwen/Qwen3-0.6B", "--estimator", "garl").model == "Qwen/Qwen3-0.6B"
+
+
+def test_the_flag_generator_makes_list_and_mapping_flags_that_refuse_typos():
+    from tsallis_rl.config import add_field_flags
+    from tsallis_rl.escape_study import EscapeStudyConfig
+
+    parser = argparse.ArgumentParser()
+    add_field_flags(parser, EscapeStudyConfig, {"q": "q", "seeds": "seeds", "lr": "lr"})
+    args = parser.parse_args(["--q", "0.5,1", "--seeds", "0,2", "--lr", "sgd=0.1,adam=1e-3"])
+    assert (args.q, args.seeds, args.lr) == ([0.5, 1.0], [0, 2], {"sgd": 0.1, "adam": 1e-3})
+    for bad in (["--seeds", "0,,1"], ["--q", "0.5,x"], ["--lr", "sgd"], ["--q", "nan"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)

@@ -194,17 +194,27 @@ def test_an_out_path_that_looks_like_code_is_never_executed_by_the_reward_fn(tmp
     assert module.SETTINGS["task"] == "jsonl" and module.SETTINGS["regime"] == "cold"  # the default
 
 
-def test_re_export_removes_split_files_the_new_export_does_not_write(tmp_path):
+def test_re_export_needs_overwrite_and_then_replaces_the_whole_folder(tmp_path, capsys):
+    """The one --out policy: an export folder is replaced only with --overwrite, and then whole
+    (no split file of the earlier export is left behind); a folder export did not write is
+    never written into."""
     out = export(tmp_path, "warm")
     assert (out / "test.parquet").exists()
-    (out / "notes.txt").write_text("mine")
     argv = ["export", "verl", "--task", "jsonl", "--data", str(FIXTURE), "--out", str(out)]
-    assert main([*argv, "--val-size", "2", "--test-size", "0"]) == 0
+    assert main([*argv, "--val-size", "2", "--test-size", "0"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*argv, "--val-size", "2", "--test-size", "0", "--overwrite"]) == 0
     assert not (out / "test.parquet").exists()  # its rows are in train.parquet now
     assert len(pd.read_parquet(out / "train.parquet")) == 8
     assert json.loads((out / "export.json").read_text())["counts"]["test"] == 0
-    assert (out / "notes.txt").read_text() == "mine"  # not ours: left alone
     assert not [p for p in out.iterdir() if ".tmp-" in p.name]  # atomic writes leave no temp
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    argv[-1] = str(mine)
+    assert main([*argv, "--overwrite"]) == 2
+    assert "not a tsallis-rl run directory" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
 def test_generated_task_exports_without_file_options(tmp_path):

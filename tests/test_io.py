@@ -86,3 +86,23 @@ def test_a_failed_folder_write_leaves_no_temporary_folder(tmp_path):
     with pytest.raises(RuntimeError):
         io.write_dir_atomic(tmp_path / "model", fail, "t")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_writes_get_the_users_umask_not_owner_only(tmp_path, umask):
+    """mkstemp/mkdtemp create 0600/0700; what we write must be as readable as a plain open() /
+    mkdir() makes it (teammates, verl/Ray workers running as another user)."""
+    old = os.umask(umask)
+    try:
+        io.write_atomic(tmp_path / "summary.json", "{}")
+        io.write_json(tmp_path / "r.json", {"a": 1})
+        io.write_dir_atomic(tmp_path / "best", lambda d: (d / "w.bin").write_bytes(b"x"), "t")
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+        (tmp_path / "plain_dir").mkdir()
+    finally:
+        os.umask(old)
+    mode = lambda p: p.stat().st_mode & 0o777  # noqa: E731
+    assert mode(tmp_path / "summary.json") == mode(tmp_path / "r.json") == mode(plain)
+    assert mode(tmp_path / "summary.json") == 0o666 & ~umask
+    assert mode(tmp_path / "best") == mode(tmp_path / "plain_dir") == 0o777 & ~umask

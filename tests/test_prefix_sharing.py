@@ -19,14 +19,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tsallis_rl.experiment import build_trainer
-from tsallis_rl.tiny import build_tiny_causal_lm
 
 import tsallis_rl.rollout as rollout_mod
 import tsallis_rl.trainer as trainer_mod
 from tsallis_rl.config import TrainConfig, add_arguments, from_args
 from tsallis_rl.estimators import get_estimator_spec
 from tsallis_rl.gradient import apply_gradient, no_rationale_rows, stack_rows
+from tsallis_rl.models.tiny import build_tiny_causal_lm
 from tsallis_rl.rollout import (
     Rollout,
     SamplingSettings,
@@ -36,6 +35,7 @@ from tsallis_rl.rollout import (
     sample,
     token_logps,
 )
+from tsallis_rl.suite import build_trainer
 
 VOCAB, EOS, CLOSE = 50, 1, (3, 4)
 TOL = 1e-10
@@ -272,7 +272,7 @@ import sys, torch, torch.distributed as dist
 sys.path.insert(0, sys.argv[1])
 import test_prefix_sharing as t
 from tsallis_rl.estimators import get_estimator_spec
-from tsallis_rl.experiment import build_trainer
+from tsallis_rl.suite import build_trainer
 from tsallis_rl.gradient import apply_gradient
 dist.init_process_group("gloo")
 rank = dist.get_rank()

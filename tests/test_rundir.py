@@ -335,3 +335,48 @@ def test_after_a_resume_each_rank_restores_its_own_sampling_rng(
     assert resumed1.load_checkpoint()
     assert torch.equal(resumed1.gen.get_state(), state1["gen"])
     assert not torch.equal(resumed1.gen.get_state(), gathered[0]["gen"])
+
+
+# -- issue 25: one --out policy for every command that writes -------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["eval", "study", "theory", "export"])
+def test_a_folder_another_command_made_is_never_written_into_or_replaced(tmp_path, kind):
+    """`eval --out RUN --overwrite` must not replace a training run (nor study/theory/export
+    anyone else's output); a folder of the same kind is replaced only with --overwrite."""
+    run = _run_dir(tmp_path / "run", TrainConfig())
+    for overwrite, resume in ((False, None), (True, None), (False, True)):
+        with pytest.raises(ConfigError, match="tsallis-rl train"):
+            rundir.check_out_dir(run, kind=kind, overwrite=overwrite, resume=resume)
+    rundir.check_out_dir(run, kind="train", overwrite=True)  # its own kind: may be replaced
+    theirs = rundir.claim_out_dir(tmp_path / kind, overwrite=False, kind=kind)
+    assert rundir.run_dir_kind(theirs) == kind
+    with pytest.raises(ConfigError, match=f"tsallis-rl {kind}"):
+        rundir.check_out(TrainConfig(out=str(theirs), overwrite=True))
+
+
+def test_resume_of_a_folder_that_is_not_there_is_a_mistake_not_a_fresh_run(tmp_path, capsys):
+    """A typo in `--out` with --resume must not train everything from scratch (status 2)."""
+    with pytest.raises(ConfigError, match="nothing to resume at"):
+        rundir.check_out(TrainConfig(out=str(tmp_path / "nothere"), resume=True))
+    argv = ["train", "--out", str(tmp_path / "nothere"), "--resume", "--steps", "2"]
+    assert main(argv) == 2
+    assert "nothing to resume" in capsys.readouterr().err and not (tmp_path / "nothere").exists()
+
+
+def test_a_resume_names_the_same_data_saved_relative_before_paths_were_recorded_absolute(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.jsonl").write_text("")
+    saved = {"data": "d.jsonl", "model": None}
+    assert rundir.config_changes(saved, {"data": str(tmp_path / "d.jsonl"), "model": None}) == {}
+    assert rundir.config_changes(saved, {"data": "/elsewhere/d.jsonl", "model": None})
+
+
+def test_a_resume_that_finds_no_checkpoint_says_it_starts_from_step_0(
+    tmp_path, tiny_model_dir, capsys
+):
+    trainer = _trainer(tmp_path / "r", tiny_model_dir, resume=True, steps=1)
+    trainer.fit()
+    assert "no checkpoint yet; starting from step 0" in capsys.readouterr().err

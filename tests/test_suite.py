@@ -69,3 +69,14 @@ def test_schedule_runs_are_named_by_what_they_ran():
     assert run_tag("paft", 0.75, True, "step", 0.0) == "paft_q0.75to0-step"
     assert run_tag("garl", 0.75, True) == "garl_q0.75"
     assert run_tag("grpo", 0.75, False, "linear", 0.5) == "grpo"
+
+
+def test_ablation_runs_are_named_by_what_they_ran():
+    """`--pathwise false --baseline none` trains another method than plain GARL: its name says so
+    (and GRPO, which takes neither option, keeps its name)."""
+    from tsallis_rl.config import TrainConfig
+    from tsallis_rl.suite import suite_jobs
+
+    cfg = TrainConfig(estimators="garl:1,grpo", pathwise=False, baseline="none")
+    assert [j.tag for j in suite_jobs(cfg)] == ["garl_q1_baseline-none_pathwise-false", "grpo"]
+    assert [j.tag for j in suite_jobs(TrainConfig(estimators="garl:1"))] == ["garl_q1"]

@@ -5,12 +5,16 @@ subcommand is a new file, never an edit here. Run `tsallis-rl --help` for the li
 
 Errors: a `tsallis_rl.errors.UserError` (or a missing / wrong-kind path) is printed as one line
 and exits 2 (`--debug` shows its traceback); any other exception is a bug and keeps its traceback.
+Ctrl-C prints one line (what was kept and how to continue: a command may set `on_interrupt(args)`
+with `set_defaults`) and exits 130, the shell's status for SIGINT. A closed stdout (`| head`)
+ends the command quietly, like any Unix tool.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 import typing
@@ -51,13 +55,37 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, so that a reader gone away (`| head`) is caught below
+        return status
     except (UserError, *PATH_ERRORS) as exc:  # a user's mistake: one line, status 2
         if getattr(args, "debug", False):
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__  # one line, whatever it holds
         print(f"tsallis-rl {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: what was written is whole (atomic writes); say so
+        if getattr(args, "debug", False):
+            raise
+        hint = getattr(args, "on_interrupt", None)
+        kept = hint(args) if hint else "nothing half-written is left behind"
+        print(f"\ntsallis-rl {args.command}: interrupted; {kept}", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly
+        _silence_stdout()
+        return 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush of the closed pipe
+    does not print a second BrokenPipeError at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout replaced by a non-file (tests): nothing to silence
+        pass
+    finally:
+        os.close(devnull)
 
 
 if __name__ == "__main__":

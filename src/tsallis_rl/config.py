@@ -12,9 +12,11 @@ import argparse
 import dataclasses
 import inspect
 import math
+import os
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -352,7 +354,10 @@ class TrainConfig:
         """The seeds every run repeats with: those of `seeds` (distinct, >= 0), else [seed]."""
         if self.seeds is None:
             return [self.seed]
-        items = [s.strip() for s in str(self.seeds).split(",") if s.strip()]
+        items = [s.strip() for s in str(self.seeds).split(",")]
+        if len(items) > 1 and "" in items:  # "0,,1" or "0,1,": a typo, not a list of seeds
+            raise ConfigError(f"an empty item in {self.seeds!r}; expected e.g. 0,1,2")
+        items = [s for s in items if s]
         try:
             seeds = [int(s) for s in items]
         except ValueError:
@@ -385,13 +390,14 @@ _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 # YAML and CLI
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping of TrainConfig fields; unknown keys are errors that name the file and key."""
+def load_yaml(path: str | Path, cls: type = None) -> dict[str, Any]:  # type: ignore[assignment]
+    """A YAML mapping of fields of `cls` (default TrainConfig); unknown keys are errors that name
+    the file and key."""
     p = Path(path)
     data = read_yaml(p) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping of options, got {type(data).__name__}")
-    names = {f.name for f in fields(TrainConfig)}
+    names = {f.name for f in fields(cls or TrainConfig)}
     for key in data:
         if str(key).replace("-", "_") not in names:
             raise ConfigError(f"{p}: unknown key {key!r}")
@@ -416,10 +422,61 @@ def field_type(name: str, cls: type = None) -> type:  # type: ignore[assignment]
 
 
 def finite_float(s: str) -> float:
-    value = float(s)
+    """A float flag's value: a finite number (the message names no internal type)."""
+    try:
+        value = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
     if not math.isfinite(value):  # argparse would accept nan/inf; no option means them
         raise argparse.ArgumentTypeError(f"expected a finite number, got {s!r}")
     return value
+
+
+def list_parser(item: type) -> Callable[[str], list]:
+    """A flag value "a,b,c" as a list of `item` (floats finite); an empty item among values
+    ("0,,1") is a typo, not a value, and is refused; "" is the empty list."""
+    convert = finite_float if item is float else item
+
+    def parse(text: str) -> list:
+        parts = [p.strip() for p in text.split(",")]
+        if not any(parts):  # "" or ",": an empty list (the config's check says what it needs)
+            return []
+        if "" in parts:
+            raise argparse.ArgumentTypeError(f"expected a comma list such as 1,2,3, got {text!r}")
+        try:
+            return [convert(p) for p in parts]
+        except (ValueError, argparse.ArgumentTypeError):
+            what = {float: "numbers", int: "integers"}.get(item, "names")
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {what}, got {text!r}"
+            ) from None
+
+    return parse
+
+
+def mapping_parser(text: str) -> dict[str, float]:
+    """A flag value "sgd=0.01,adam=1e-4" as {"sgd": 0.01, "adam": 0.0001}."""
+    out = {}
+    for part in (p.strip() for p in text.split(",")):
+        name, eq, value = part.partition("=")
+        try:
+            out[name.strip()] = finite_float(value)
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"expected NAME=NUMBER,..., got {part!r}") from None
+        if not eq or not name.strip():
+            raise argparse.ArgumentTypeError(f"expected NAME=NUMBER,..., got {part!r}")
+    return out
+
+
+def flag_parser(kind: Any) -> Callable[[str], Any]:
+    """How a flag's text becomes a field's value, from the field's type: floats must be finite,
+    list[X] is a comma list, dict[str, float] NAME=NUMBER pairs; anything else is `kind(text)`."""
+    origin = typing.get_origin(kind)
+    if origin is list:
+        return list_parser(typing.get_args(kind)[0])
+    if origin is dict:
+        return mapping_parser
+    return finite_float if kind is float else kind
 
 
 def add_field_flags(
@@ -428,30 +485,46 @@ def add_field_flags(
     flags: dict[str, str] | None = None,
     *,
     default_note: str = "",
+    helps: dict[str, str] | None = None,
 ) -> None:
     """The one flag generator of every subcommand: a flag per dataclass field of `cls`, its type
-    from the annotation (bools take an optional true/false, floats must be finite), its help and
-    choices from the field's metadata, its default shown (`default_note` appended). Every flag
-    defaults to None, so "given" and "left out" stay apart (a left-out flag keeps the YAML's, the
-    recipe's or the run's value). `flags` maps flag name -> field (default: every field, same name).
+    from the annotation (`flag_parser`; bools take an optional true/false), its help and choices
+    from the field's metadata (or `helps`, by field name, for a dataclass without metadata), its
+    default shown (`default_note` appended). Every flag defaults to None, so "given" and "left
+    out" stay apart (a left-out flag keeps the YAML's, the recipe's or the run's value). `flags`
+    maps flag name -> field (default: every field, same name).
     """
     by_name = {f.name: f for f in fields(cls)}
     for flag, name in (flags or {n: n for n in by_name}).items():
         f = by_name[name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_text = f"{f.metadata.get('help', name)} (default: {default}{default_note})"
+        what = (helps or {}).get(name) or f.metadata.get("help", name)
+        help_text = f"{what} (default: {default}{default_note})"
         kind = field_type(name, cls)
         option = "--" + flag.replace("_", "-")
         if kind is bool:
-            parser.add_argument(
-                option, dest=flag, type=parse_bool, nargs="?", const=True, default=None,
-                metavar="BOOL", help=help_text,
-            )  # fmt: skip
+            add_bool_flag(parser, option, help_text, dest=flag)
         else:
             parser.add_argument(
-                option, dest=flag, type=finite_float if kind is float else kind, default=None,
+                option, dest=flag, type=flag_parser(kind), default=None,
                 choices=f.metadata.get("choices"), help=help_text,
             )  # fmt: skip
+
+
+def add_bool_flag(
+    parser: argparse.ArgumentParser,
+    option: str,
+    help_text: str,
+    *,
+    dest: str | None = None,
+    default: bool | None = None,
+) -> None:
+    """The one form of an on/off flag in every subcommand: `--x` alone means true, `--x false`
+    (or true/yes/no/1/0) says it outright; `default` None means "not given"."""
+    parser.add_argument(
+        option, dest=dest or option.lstrip("-").replace("-", "_"), type=parse_bool, nargs="?",
+        const=True, default=default, metavar="BOOL", help=help_text,
+    )  # fmt: skip
 
 
 def given_fields(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
@@ -520,7 +593,24 @@ def from_args(args: argparse.Namespace) -> TrainConfig:
     if "q" in given:
         _refuse_unused_q(cfg, sources)
     _refuse_unused_options(cfg, given, sources)
+    absolute_paths(cfg)
     return cfg
+
+
+PATH_FIELDS = ("data", "model")
+"""Fields that may name a local file or folder: recorded absolute (see `absolute_paths`)."""
+
+
+def absolute_paths(cfg: TrainConfig) -> None:
+    """Local paths of `cfg` (--data, a local --model) made absolute, so that the run's
+    config.yaml (and `eval --run`) works from any folder, not only the one it was started in.
+    Called after validation, so every message about a path still shows it as typed."""
+    for name in PATH_FIELDS:
+        value = getattr(cfg, name)
+        if isinstance(value, str) and not value.startswith("tiny:"):
+            path = Path(value).expanduser()
+            if path.exists():
+                setattr(cfg, name, os.path.abspath(path))
 
 
 def recipe_options(name: str) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 - `write_atomic(path, data)`: a file via an fsynced temp sibling and a rename (old or new, whole).
 - `write_dir_atomic(dest, write, point)`: a folder filled in a temp sibling, fsynced, swapped in;
   the previous version is moved aside and returned for the caller to delete last.
+  Both give what they write the user's umask (`user_mode`), as a plain open()/mkdir() would.
 - `fault_point(name)`: TSALLIS_RL_FAULT=<name> (or <name>#<n> for its n-th hit) SIGKILLs the
   process there, so tests can kill a write at each step of it.
 - `file_lock(path)`: a cross-process lock that a killed holder never keeps.
@@ -81,12 +82,33 @@ def fsync_tree(path: Path) -> None:
         fsync_dir(Path(root))
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def user_mode(path: Path | int, *, folder: bool = False) -> None:
+    """Give a file (or folder) the mode an ordinary open()/mkdir() would: 0666 (0777) less the
+    umask. mkstemp/mkdtemp create 0600/0700, which would leave outputs readable by their owner
+    only (teammates, or verl/Ray workers running as another user, could not read them)."""
+    mode = (0o777 if folder else 0o666) & ~current_umask()
+    if isinstance(path, int):
+        os.fchmod(path, mode)
+    else:
+        os.chmod(path, mode)
+
+
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write `data` to `path` via an fsynced temp file and a rename: readers see old or new, whole."""
+    """Write `data` to `path` via an fsynced temp file and a rename: readers see old or new, whole.
+
+    The file gets the user's umask like any ordinary write (not mkstemp's 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP}", dir=path.parent)
     try:
+        user_mode(fd)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data.encode() if isinstance(data, str) else data)
             fh.flush()
@@ -126,6 +148,7 @@ def write_dir_atomic(
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{dest.name}{TMP}", dir=dest.parent))
     try:
+        user_mode(tmp, folder=True)  # the user's umask, not mkdtemp's 0700
         write(tmp)
         fsync_tree(tmp)
         fault_point(f"{point}:written")

@@ -134,9 +134,22 @@ def t_quantile(p: float, df: int) -> float:
     return float(t.ppf(p, df))
 
 
-def spread(values: Sequence[float | None], level: float = 0.95) -> Spread:
+def is_fraction(key: str) -> bool:
+    """A metric that is a proportion in [0, 1] (p@k, m@k, rationale correctness)."""
+    name = key.removeprefix("test_").removeprefix("val_").removeprefix("final_")
+    return name.startswith(("p@", "m@")) or name == "rationale_correct"
+
+
+def spread(
+    values: Sequence[float | None],
+    level: float = 0.95,
+    *,
+    bounds: tuple[float, float] | None = None,
+) -> Spread:
     """Spread of the finite values (None / NaN dropped): mean, sd with n - 1, and the t-interval
-    mean ± t_{(1+level)/2, n-1} · sd / √n. One value: its mean, no sd or interval; none: all None."""
+    mean ± t_{(1+level)/2, n-1} · sd / √n, clipped to `bounds` when the metric has them (a
+    fraction's interval never leaves [0, 1]). One value: its mean, no sd or interval; none: all
+    None."""
     xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     n = len(xs)
     if n == 0:
@@ -146,7 +159,10 @@ def spread(values: Sequence[float | None], level: float = 0.95) -> Spread:
         return Spread(1, mean, None, None, None)
     sd = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1))
     half = t_quantile((1 + level) / 2, n - 1) * sd / math.sqrt(n)
-    return Spread(n, mean, sd, mean - half, mean + half)
+    lo, hi = mean - half, mean + half
+    if bounds is not None:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    return Spread(n, mean, sd, lo, hi)
 
 
 def _is_number(v: Any) -> bool:
@@ -159,7 +175,8 @@ def aggregate_seeds(
     """One row per method (first-appearance order) from per-seed rows (each with method, seed, q).
 
     Each key (default: every numeric field but seed and q) becomes its mean over the seeds, with
-    `<key>_sd` (n - 1) and `<key>_ci95` ([lo, hi], the t-interval; None below two values); the row
+    `<key>_sd` (n - 1) and `<key>_ci95` ([lo, hi], the t-interval, within [0, 1] for a fraction;
+    None below two values); the row
     also holds q, `seeds` (in row order), `n_seeds` and `seed: None`.
     """
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -175,7 +192,8 @@ def aggregate_seeds(
     for method, group in groups.items():
         agg: dict[str, Any] = {"method": method, "q": group[0].get("q"), "seed": None}
         for key in keys:
-            s = spread([r.get(key) for r in group], level)
+            bounds = (0.0, 1.0) if is_fraction(key) else None
+            s = spread([r.get(key) for r in group], level, bounds=bounds)
             agg[key] = s.mean
             agg[f"{key}_sd"] = s.sd
             agg[key + tag] = None if s.lo is None else [s.lo, s.hi]
@@ -318,15 +336,13 @@ def write_seed_plots(
     n = max((len(runs) for runs in by_method.values()), default=0)
     paths = []
     for fname, kind, key, title in specs:
-        fig, ax = plt.subplots(figsize=(6.4, 4.0))
+        fig, ax = plt.subplots(figsize=(8.0, 4.0))
         for tag, runs in by_method.items():
             curve = seed_curve(runs, kind, key)
             if not curve:
                 continue
             steps, mean, lo, hi = zip(*curve)
-            (line,) = ax.plot(
-                steps, mean, label=tag, marker="o" if kind == "eval" else None, markersize=3
-            )
+            (line,) = ax.plot(steps, mean, label=tag, **_line_style(len(ax.lines), kind))
             ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
         _style_axes(ax, key, f"{title}\nmean of {n} seeds, min-max shaded")
         path = out / fname
@@ -375,17 +391,36 @@ def plot_metric(per_run: dict[str, list[dict[str, Any]]], kind: str, key: str, t
     """One metric per step, a line per run; rates (p@k, m@k) on a [0, 1] axis even when all 0."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = plt.subplots(figsize=(8.0, 4.0))
     for tag, recs in per_run.items():
         pts = [(r["step"], r[key]) for r in recs if r["kind"] == kind and r.get(key) is not None]
         if pts:
-            ax.plot(*zip(*pts), label=tag, marker="o" if kind == "eval" else None, markersize=3)
+            ax.plot(*zip(*pts), label=tag, **_line_style(len(ax.lines), kind))
     _style_axes(ax, key, title)
     return fig
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def _line_style(i: int, kind: str) -> dict[str, Any]:
+    """The i-th run's look: its own marker and dash, the marker smaller for each later run.
+
+    Runs often coincide (GRPO and GARL q = 0 both at m@k 0 for the whole cold start): the run
+    drawn later lies on top, so a larger hollow marker underneath stays visible around it."""
+    dashes = ("-", "--", "-.", ":")
+    style: dict[str, Any] = {"linestyle": dashes[i % len(dashes)], "linewidth": 1.2}
+    if kind == "eval":
+        style.update(
+            marker=MARKERS[i % len(MARKERS)], markersize=max(2.5, 8.0 - 1.2 * i),
+            markerfacecolor="none",
+        )  # fmt: skip
+    return style
+
+
 def _style_axes(ax: Any, key: str, title: str) -> None:
-    """Shared look: step axis, symlog for advantages, [0, 1] for rates, grid and legend."""
+    """Shared look: step axis, symlog for advantages, [0, 1] for rates, grid; the legend outside
+    the axes, on the right, so that it never covers a curve."""
     ax.set_xlabel("step")
     ax.set_title(title, fontsize=10)
     if key == "max_adv":
@@ -394,5 +429,5 @@ def _style_axes(ax: Any, key: str, title: str) -> None:
         ax.set_ylim(0.0, 1.0)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     ax.figure.tight_layout()

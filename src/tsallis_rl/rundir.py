@@ -74,6 +74,16 @@ def is_run_dir(path: Path) -> bool:
         return False
 
 
+def run_dir_kind(path: Path) -> str | None:
+    """The command that made a marked folder (train, eval, study, theory, export); None if unmarked."""
+    if not is_run_dir(path):
+        return None
+    try:
+        return str(json.loads((Path(path) / MARKER).read_text()).get("kind", "train"))
+    except (ValueError, OSError):
+        return None
+
+
 def mark_run_dir(path: Path, kind: str = "train") -> None:
     """Write the marker that makes `path` our output folder (and so replaceable by --overwrite);
     `kind` records the command that made it."""
@@ -94,9 +104,21 @@ def _saved_config(path: Path) -> dict[str, Any]:
 def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """{field: (saved value, new value)} for every field of `new` that differs from `saved`.
 
-    A field the saved config lacks (added to the project later) counts as unchanged.
+    A field the saved config lacks (added to the project later) counts as unchanged, and so does
+    a relative path an older run saved that names the same place as the new absolute one.
     """
-    return {k: (saved[k], v) for k, v in new.items() if k in saved and saved[k] != v}
+    return {
+        k: (saved[k], v)
+        for k, v in new.items()
+        if k in saved and saved[k] != v and not _same_path(saved[k], v)
+    }
+
+
+def _same_path(saved: Any, new: Any) -> bool:
+    return (
+        isinstance(saved, str) and isinstance(new, str) and os.path.isabs(new)
+        and not os.path.isabs(saved) and os.path.abspath(os.path.expanduser(saved)) == new
+    )  # fmt: skip
 
 
 def check_resume_config(config_path: Path, new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
@@ -112,23 +134,34 @@ def check_resume_config(config_path: Path, new: dict[str, Any]) -> dict[str, tup
     return {k: v for k, v in changes.items() if k not in ("resume", "overwrite")}
 
 
-def check_out_dir(out: Path, *, overwrite: bool, resume: bool | None = None) -> None:
+def check_out_dir(out: Path, *, kind: str, overwrite: bool, resume: bool | None = None) -> None:
     """The one --out policy of every command that writes a folder; checks, writes nothing.
 
     An absent or empty folder is used. A file is refused. An existing folder without this
-    project's marker is refused: never written into, never deleted. A marked one needs
-    --overwrite (it is replaced: see `claim_out_dir`) or, for commands that can continue their
-    work (`resume` not None), --resume. Raises ConfigError naming the folder and the way out.
+    project's marker is refused: never written into, never deleted. So is a marked folder that
+    another command (`kind`: train, eval, study, theory, export) made: `eval --out RUN --overwrite`
+    never replaces a training run. A marked one of the same kind needs --overwrite (it is
+    replaced: see `claim_out_dir`) or, for commands that can continue their work (`resume` not
+    None), --resume. With --resume, the folder must exist (a typo is not a fresh start). Raises
+    ConfigError naming the folder and the way out.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out: {out} is a file, not a directory")
-    if not out.exists() or not _has_content(out):
+    if resume and not overwrite and not out.exists():  # a typo in --out, not a fresh start
+        raise ConfigError(f"resume: nothing to resume at {out} (no such folder); check --out")
+    if not out.exists() or not _has_content(out):  # (a run killed before its first write: resumed)
         return
     if not is_run_dir(out):
         raise ConfigError(
             f"out: {out} exists and is not a tsallis-rl run directory (no {MARKER}); "
             "refusing to write into it or delete it; choose another --out"
+        )
+    made_by = run_dir_kind(out)
+    if made_by != kind:
+        raise ConfigError(
+            f"out: {out} holds the output of `tsallis-rl {made_by}`, not of `{kind}`; refusing "
+            "to write into it or replace it; choose another --out"
         )
     if overwrite or resume:
         return
@@ -170,8 +203,8 @@ def claim_out_dir(
 def check_out(cfg: Any) -> None:
     """Check that a training run's cfg.out may be used as asked (fresh, --resume, --overwrite),
     and that a --resume changes only what may change; writes nothing."""
-    check_out_dir(Path(cfg.out), overwrite=cfg.overwrite, resume=cfg.resume)
     out = Path(cfg.out)
+    check_out_dir(out, kind="train", overwrite=cfg.overwrite, resume=cfg.resume)
     if cfg.resume and not cfg.overwrite and (out / "config.yaml").exists():
         check_resume_config(out / "config.yaml", cfg.to_dict())
 

@@ -14,13 +14,14 @@ import dataclasses
 import inspect
 import json
 import multiprocessing
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
-from tsallis_rl.config import ConfigError, TrainConfig
+from tsallis_rl.config import ConfigError, TrainConfig, default_of
 from tsallis_rl.estimators import get_estimator_spec
 from tsallis_rl.io import read_jsonl
 from tsallis_rl.models import basemodel
@@ -190,6 +191,21 @@ def run_tag(
     return f"{name}_q{q:g}"
 
 
+ABLATIONS = ("baseline", "pathwise", "normalize")
+"""Estimator options whose non-default value makes a different method: named in the run's tag."""
+
+
+def ablation_tag(cfg: TrainConfig, name: str) -> str:
+    """The tag suffix of the ablations of `cfg` that estimator `name` takes, such as
+    "_pathwise-false_baseline-none" ("" at the defaults), so that a run's name says what it ran."""
+    takes = inspect.signature(get_estimator_spec(name).fn).parameters
+    return "".join(
+        f"_{option}-{str(getattr(cfg, option)).lower()}"
+        for option in ABLATIONS
+        if option in takes and getattr(cfg, option) != default_of(option)
+    )
+
+
 def suite_jobs(cfg: TrainConfig) -> list[Job]:
     """Every (method, seed) run of cfg, methods in cfg.runs() order, each over cfg.seed_list()."""
     seeds = cfg.seed_list()
@@ -199,6 +215,7 @@ def suite_jobs(cfg: TrainConfig) -> list[Job]:
         for seed in seeds:
             run_cfg = cfg.for_run(name, q, seed)
             tag = run_tag(name, run_cfg.q, spec.uses_q, run_cfg.q_schedule, run_cfg.q_end)
+            tag += ablation_tag(run_cfg, name)
             run = f"{tag}/seed-{seed}" if len(seeds) > 1 else tag
             jobs.append(Job(run_cfg, tag, seed, run))
     return jobs
@@ -252,7 +269,8 @@ def train_pool(
         }
     per_worker = max(1, threads // workers)
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_signals)
+    try:
         futures = {
             job.name: pool.submit(
                 train_run,
@@ -264,7 +282,32 @@ def train_pool(
             for job in jobs
         }
         _combined_progress({j.name: (j.run_dir, j.cfg.steps) for j in jobs}, futures, progress)
-        return {name: fut.result() for name, fut in futures.items()}
+        results = {name: fut.result() for name, fut in futures.items()}
+    except KeyboardInterrupt:  # Ctrl-C reaches this process alone (workers ignore it): stop them
+        _stop_workers(pool)
+        raise
+    pool.shutdown()
+    return results
+
+
+def _worker_signals() -> None:
+    """Worker initializer: Ctrl-C goes to the whole process group; only the parent handles it
+    (it stops the workers), so no worker prints a traceback of its own. SIGTERM (the parent's
+    stop) exits through Python, so the worker's own cleanup runs (no leaked semaphores)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_quietly)
+
+
+def _exit_quietly(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """End a pool's workers now (SIGTERM: an atomic write cut short leaves the previous version,
+    so each run keeps its last whole checkpoint) and drop the jobs not started."""
+    for proc in list(getattr(pool, "_processes", {}).values()):
+        proc.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _union(splits: Any) -> dict[str, list[Example]]:

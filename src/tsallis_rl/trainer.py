@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -405,6 +406,8 @@ class Trainer:
             rundir.clean_stale(self.run_dir)
             rundir.start_run_dir(self.run_dir, cfg.to_dict(), resume=cfg.resume)
         resumed = cfg.resume and self.load_checkpoint()
+        if cfg.resume and not resumed and self.is_main:  # say it: the user asked to continue
+            print(f"{self.run_dir}: no checkpoint yet; starting from step 0", file=sys.stderr)
         if (
             not resumed and self.loggers
         ):  # a fresh start (e.g. one killed before its first checkpoint)

@@ -22,16 +22,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
-from tsallis_rl.config import TrainConfig, add_field_flags, given_fields
+from tsallis_rl.config import TrainConfig, add_bool_flag, add_field_flags, given_fields
 from tsallis_rl.errors import ConfigError
 from tsallis_rl.evaluation import eval_seed, evaluate
 from tsallis_rl.io import read_yaml, write_json, write_jsonl
 from tsallis_rl.models import loading
 from tsallis_rl.prompts import PromptFormatter, sampling_settings
-from tsallis_rl.rundir import check_out_dir, claim_out_dir, is_run_dir
+from tsallis_rl.rundir import MARKER, check_out_dir, claim_out_dir, is_run_dir
 from tsallis_rl.suite import check_model, make_splits
 from tsallis_rl.tasks import get_task
 
@@ -58,7 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--checkpoint",
         default="best",
-        help="with --run: best (default) or a checkpoint name such as step-000300",
+        help="with --run: best (default) or a checkpoint step-N (step-300 and step-000300 both name "
+        "checkpoints/step-000300)",
     )
     p.add_argument(
         "--split",
@@ -76,12 +78,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_field_flags(p, TrainConfig, FIELDS, default_note=", or the run's")
     p.add_argument("--out", help="write summary.json and records.jsonl here")
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace an --out folder this command wrote before"
-    )
+    add_bool_flag(p, "--overwrite", "replace an --out folder `eval` wrote before", default=False)
     p.add_argument("--json", action="store_true", help="print the summary as JSON (for machines)")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    p.set_defaults(func=run)
+    p.set_defaults(
+        func=run, on_interrupt=lambda a: "nothing written (--out is written once, at the end)"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -120,9 +122,15 @@ def _run_targets(args: argparse.Namespace) -> list[Target]:
             for s in d.glob("seed-*")
             if (s / "best").is_dir()
         )
+        if not dirs and not is_run_dir(root):
+            raise ConfigError(
+                f"run: {root} is not a run directory of `tsallis-rl train` (no {MARKER})"
+            )
         if not dirs:
-            what = "a tsallis-rl run directory" if is_run_dir(root) else "a run directory"
-            raise ConfigError(f"run: {root} is {what} with no trained method (no <method>/best)")
+            raise ConfigError(
+                f"run: {root} is a run directory with no trained method yet "
+                "(no <method>/best: did it reach its first evaluation?)"
+            )
     if args.method:
         names = {d.relative_to(root).as_posix() if d != root else d.name: d for d in dirs}
         chosen = [d for n, d in names.items() if n == args.method or n.split("/")[0] == args.method]
@@ -166,8 +174,11 @@ def _checkpoint(run_dir: Path, name: str) -> tuple[Path, int]:
         final = run_dir / "final.json"
         step = json.loads(final.read_text())["best_step"] if final.exists() else 0
         return best, int(step)
+    number = re.fullmatch(r"step-(\d+)", name)
+    if number:  # step-300 and step-000300 name the same folder
+        name = f"step-{int(number.group(1)):06d}"
     ckpt = run_dir / "checkpoints" / name
-    if not ckpt.is_dir() or not name.startswith("step-"):
+    if not ckpt.is_dir() or not number:
         there = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*"))
         raise ConfigError(f"checkpoint: {name!r} not in {run_dir}; there: best, {', '.join(there)}")
     return ckpt, int(name.split("-")[1])
@@ -189,18 +200,19 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"flags: limit = {args.limit}: must be >= 0 (0 = all)")
     if args.method and not args.run:
         raise ConfigError("method: only with --run (the methods of a run directory)")
-    if args.out:
-        check_out_dir(Path(args.out), overwrite=args.overwrite)  # before any work
     targets = _run_targets(args) if args.run else [_model_target(args)]
-    prepared = [_prepare(t, args) for t in targets]  # every check before any model is loaded
+    prepared = [_prepare(t, args) for t in targets]  # every value check before any model is loaded
+    if args.out:  # after the value checks, before any work
+        _check_eval_out(Path(args.out), args)
     results = []
     for target, (task, examples) in zip(targets, prepared):
         summary, records = _evaluate(target, task, examples, args.split)
         results.append((target, summary, records))
-        if args.json:
-            print(json.dumps({"evaluated": _describe(target, args, len(examples)), **summary}))
-        else:
-            print(render_summary(summary, target, args, len(examples)))
+        if not args.json:
+            print(render_summary(summary, target, args, len(examples)), flush=True)
+    if args.json:  # one JSON document: an object for one model, a list for a suite's methods
+        docs = [{"evaluated": _describe(t, args, len(r)), **s} for t, s, r in results]
+        print(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2))
     if args.out:
         out = claim_out_dir(Path(args.out), overwrite=args.overwrite, kind="eval")
         for target, summary, records in results:
@@ -209,6 +221,18 @@ def run(args: argparse.Namespace) -> int:
             write_json(dest / "summary.json", {**head, **summary})
             write_jsonl(dest / "records.jsonl", records)
     return 0
+
+
+def _check_eval_out(out: Path, args: argparse.Namespace) -> None:
+    """The one --out policy (`rundir.check_out_dir`), and never inside the --run it evaluates."""
+    if args.run:
+        run, where = Path(args.run).expanduser().resolve(), out.expanduser().resolve()
+        if where == run or run in where.parents:
+            raise ConfigError(
+                f"out: {out} is inside the run {args.run} being evaluated; eval never writes into "
+                "a training run; choose another --out"
+            )
+    check_out_dir(out, kind="eval", overwrite=args.overwrite)
 
 
 def _prepare(target: Target, args: argparse.Namespace) -> tuple[Any, list[Any]]:
@@ -259,7 +283,8 @@ def _describe(target: Target, args: argparse.Namespace, n: int) -> dict[str, Any
         "what": target.label, "task": cfg.task, "data": cfg.data, "split": args.split,
         "examples": n, "regime": cfg.regime, "match": cfg.match, "k": cfg.eval_k,
         "temperature": cfg.eval_temperature, "thinking_budget": cfg.thinking_budget,
-        "answer_budget": cfg.answer_budget, "seed": cfg.seed,
+        "answer_budget": cfg.answer_budget, "seed": cfg.seed, "step": target.step,
+        "sampling_seed": eval_seed(cfg.seed, target.step, args.split),
     }  # fmt: skip
 
 
@@ -271,6 +296,7 @@ def render_summary(summary: dict, target: Target, args: argparse.Namespace, n: i
         f"{d['what']}\n  task {d['task']}  split {d['split']} ({n} examples)  regime {d['regime']}"
         f"  matching {d['match']} (eval {summary.get('eval_match')}, reward "
         f"{summary.get('reward_match')})  k {k}  temperature {d['temperature']}"
+        f"\n  seed {d['seed']} at step {d['step']}: sampling seed {d['sampling_seed']}"
     )
     names = {"p@1": "p@1 (one sample correct)", f"p@{k}": f"p@{k} (any of {k})"}
     names[f"m@{k}"] = f"m@{k} (majority of {k})"
@@ -279,6 +305,8 @@ def render_summary(summary: dict, target: Target, args: argparse.Namespace, n: i
         if key in ("match", "eval_match", "reward_match"):
             continue
         label = names.get(key, key)
+        if isinstance(value, float) and value.is_integer() and key in ("n", "examples"):
+            value = int(value)  # a count, not a rate
         lines.append(
             f"  {label:28s} {value:.4f}" if isinstance(value, float) else f"  {label:28s} {value}"
         )

@@ -29,8 +29,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from tsallis_rl.config import add_bool_flag
 from tsallis_rl.errors import ConfigError
 from tsallis_rl.io import write_atomic, write_json
+from tsallis_rl.rundir import check_out_dir, claim_out_dir
 from tsallis_rl.tasks import REGIMES, Example, Task, get_task
 
 FORMATS = ("verl",)
@@ -87,7 +89,8 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--data", default=None, help="data file or directory (tasks that read files)")
     p.add_argument("--regime", choices=REGIMES, default="cold", help="prompt regime (default cold)")
-    p.add_argument("--out", required=True, help="output directory (created)")
+    p.add_argument("--out", required=True, help="output directory (created; a marked folder)")
+    add_bool_flag(p, "--overwrite", "replace an --out folder `export` wrote before", default=False)
     p.add_argument("--val-size", type=_size, default=None, help="val split carved from train")
     p.add_argument("--test-size", type=_size, default=None, help="test split carved from train")
     p.add_argument("--seed", type=int, default=None, help="seed of the split (task default)")
@@ -124,6 +127,7 @@ def export_verl(
     test_size: float | int | None = None,
     seed: int | None = None,
     skip_invalid: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write OUT/{train,val,test}.parquet, OUT/reward_fn.py and OUT/export.json; return the manifest."""
     import pandas as pd
@@ -141,10 +145,8 @@ def export_verl(
     if not splits.get("train"):
         raise ConfigError(f"task {task_name!r} gave no training examples")
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file, not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    previous = _previous_files(out)
+    check_out_dir(out, kind="export", overwrite=overwrite)  # the one --out policy, before writing
+    claim_out_dir(out, overwrite=overwrite, kind="export")  # --overwrite: a fresh folder, old gone
     counts: dict[str, int] = {}
     files: dict[str, str] = {}
     for split in SPLITS:
@@ -175,9 +177,6 @@ def export_verl(
     }
     write_json(out / "export.json", manifest)
     write_atomic(reward_path, REWARD_FN)
-    for split, name in previous.items():  # splits an earlier export wrote that this one did not
-        if split not in files:
-            (out / name).unlink(missing_ok=True)
     return manifest
 
 
@@ -187,16 +186,6 @@ def _accepted(fn: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return kwargs
     return {k: v for k, v in kwargs.items() if k in params}
-
-
-def _previous_files(out: Path) -> dict[str, str]:
-    """{split: file name} of the split files a previous export into `out` wrote (its export.json)."""
-    try:
-        manifest = json.loads((out / "export.json").read_text(encoding="utf-8"))
-        listed = manifest.get("files", {}) if manifest.get("format") == "verl" else {}
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return {s: f"{s}.parquet" for s in SPLITS if s in listed}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -209,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
         test_size=args.test_size,
         seed=args.seed,
         skip_invalid=args.skip_invalid,
+        overwrite=args.overwrite,
     )
     c = m["counts"]
     print(

@@ -1,6 +1,7 @@
-"""`tsallis-rl train`: with no arguments, the CPU cold-start experiment; otherwise any model and task.
+r"""`tsallis-rl train`: with no arguments, the CPU cold-start experiment; otherwise any model and task.
 
     tsallis-rl train                                   # the embedded default (make run)
+    tsallis-rl train --resume                          # continue it after a stop (make resume)
     tsallis-rl train --estimator paft --q 0.5          # exactly one run, paft_q0.5
     tsallis-rl train --steps 100 --estimators garl:0.75,grpo --out runs/short
     tsallis-rl train --model Qwen/Qwen3-0.6B --task finqa --data data/finqa --regime cold \
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-from tsallis_rl.config import add_arguments, from_args
+from tsallis_rl.config import add_arguments, default_of, from_args
 from tsallis_rl.suite import run_suite
 
 
@@ -29,7 +30,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_arguments(p)
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, on_interrupt=interrupted)
+
+
+def interrupted(args: argparse.Namespace) -> str:
+    """What Ctrl-C left (cli.py prints it): each run keeps its last whole checkpoint."""
+    out = args.out or (f"the --out of {args.config}" if args.config else default_of("out"))
+    every = args.save_every if args.save_every is not None else default_of("save_every")
+    return (
+        f"{out} keeps each run's last checkpoint (saved every {every} steps) and every finished "
+        "run; continue with the same command plus --resume (after `make run`: make resume)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
