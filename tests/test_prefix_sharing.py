@@ -19,14 +19,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tsallis_rl.experiment import build_trainer
-from tsallis_rl.tiny import build_tiny_causal_lm
 
 import tsallis_rl.rollout as rollout_mod
 import tsallis_rl.trainer as trainer_mod
 from tsallis_rl.config import TrainConfig, add_arguments, from_args
 from tsallis_rl.estimators import get_estimator_spec
 from tsallis_rl.gradient import apply_gradient, no_rationale_rows, stack_rows
+from tsallis_rl.models.tiny import build_tiny_causal_lm
 from tsallis_rl.rollout import (
     Rollout,
     SamplingSettings,
@@ -36,6 +35,7 @@ from tsallis_rl.rollout import (
     sample,
     token_logps,
 )
+from tsallis_rl.suite import build_trainer
 
 VOCAB, EOS, CLOSE = 50, 1, (3, 4)
 TOL = 1e-10
@@ -213,6 +213,7 @@ def test_apply_gradient_shared_equals_unshared(name, q, micro_batch, shared_call
                 model, prompts, golds, list(CLOSE), pad_id=0, micro_batch=2, share_prompt=share
             )
             data = stack_rows(rows)
+            data["answer_target_mask"] = torch.tensor([[0.0, 1.0, 0.0]] * 2)
         call = spec.bind(q, {"generator": torch.Generator().manual_seed(7)})
         model.zero_grad(set_to_none=True)
         out = apply_gradient(
@@ -272,7 +273,7 @@ import sys, torch, torch.distributed as dist
 sys.path.insert(0, sys.argv[1])
 import test_prefix_sharing as t
 from tsallis_rl.estimators import get_estimator_spec
-from tsallis_rl.experiment import build_trainer
+from tsallis_rl.suite import build_trainer
 from tsallis_rl.gradient import apply_gradient
 dist.init_process_group("gloo")
 rank = dist.get_rank()
