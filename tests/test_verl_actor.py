@@ -203,13 +203,13 @@ def harness(estimator: str, out_dir: Path) -> dict:
     from hydra import compose, initialize_config_dir
     from test_verl_teacher_forced import _char_batch, _groups
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from tsallis_rl.tiny import save_tiny_model
     from verl.workers.engine_workers import ActorRolloutRefWorker
     from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding
 
     from tsallis_rl.estimators import garl_loss, paft_loss
     from tsallis_rl.integrations import verl_splice as vs
     from tsallis_rl.integrations import verl_trainer as vt
+    from tsallis_rl.models.tiny import save_tiny_model
 
     model = save_tiny_model(out_dir / estimator, hidden_size=32, num_layers=2, num_heads=2)
     sizes, n = (4, 4, 4), 4

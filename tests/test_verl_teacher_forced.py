@@ -166,7 +166,7 @@ def test_gold_answers_come_from_reward_model_ground_truth():
 
 
 def test_teacher_forced_tokens_build_gold_like_the_project(tmp_path):
-    from tsallis_rl.tiny import build_char_tokenizer
+    from tsallis_rl.models.tiny import build_char_tokenizer
 
     tok = build_char_tokenizer()
     t = vt.TeacherForcedTokens.build(tok, tv.read_config({"tsallis_weight": "teacher_forced"}))
@@ -407,7 +407,7 @@ def trainer_config(**over):
 
 
 def fake_trainer(params, **over):
-    from tsallis_rl.tiny import build_char_tokenizer
+    from tsallis_rl.models.tiny import build_char_tokenizer
 
     trainer = object.__new__(vt.TeacherForcedRayPPOTrainer)  # no Ray, no workers, no data
     trainer.config = trainer_config(**over)

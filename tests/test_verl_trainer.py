@@ -161,10 +161,10 @@ class _Built(Exception):
 
 
 def test_legacy_task_runner_run_builds_the_teacher_forced_trainer(tf_args, tmp_path, monkeypatch):
-    from tsallis_rl.tiny import save_tiny_model
     from verl.trainer import main_ppo_v0
 
     from tsallis_rl.cli import main as cli
+    from tsallis_rl.models.tiny import save_tiny_model
 
     model = save_tiny_model(tmp_path / "model", hidden_size=16, num_layers=1, num_heads=2)
     data = tmp_path / "data"
