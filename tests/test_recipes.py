@@ -21,6 +21,7 @@ PAPER = {  # METHOD.md section 5
 PAPER_KEYS = {  # the options the paper itself gives
     "model", "task", "regime", "train_size", "val_size", "test_size", "estimators",
     "num_rollouts", "num_samples", "thinking_budget", "answer_budget", "eval_k", "chat_template",
+    "match",
 }  # fmt: skip
 
 
@@ -44,10 +45,14 @@ def test_paper_recipe_holds_the_paper_values(task, regime):
     )
     assert o["thinking_budget"] == PAPER[task]["thinking_budget"]
     assert (o["train_size"], o["val_size"], o["test_size"]) == PAPER[task]["sizes"]
+    # cold: q in {0, .25, .5, .75, 1}; warm: the warm-start table's GARL {0, .25, .75}, PAFT {.25, .75}
     grid = {"grpo", "garl:0", "garl:0.25", "garl:0.5", "garl:0.75", "garl:1"}
     if regime == "warm":
-        grid |= {"paft:0.25", "paft:0.75"}
+        grid = {"grpo", "garl:0", "garl:0.25", "garl:0.75", "paft:0.25", "paft:0.75"}
     assert set(o["estimators"].split(",")) == grid
+    # paper 7.1: trained on exact match to the gold string, evaluated by substring
+    assert o["match"] == "paper"
+    assert TrainConfig(**o).match == "paper"
 
 
 @pytest.mark.parametrize("name", list_recipes())
