@@ -612,6 +612,8 @@ def verifree_loss(
     + w_m grad log p(y*|x, z_m)]. Relation to J_Q: the gradient of J_0 = E[P] estimated with an RLOO
     baseline on w plus the pathwise term, i.e. exactly GARL at q = 0 (RB-RLOO; tested to 1e-12).
     rationale_logp, answer_logp: [B, M]. Weights below exp(-745) are 0 in float64 and contribute 0.
+    Differs from VeriFree: a budget-forced rationale (`</think>` forced) keeps its normal w here,
+    where VeriFree gives a truncated response w = 0.
     """
     _check_pair(rationale_logp, answer_logp)
     _check_no_q("verifree", q, 0.0)
@@ -692,7 +694,8 @@ def iwae_loss(
     Unbiased gradient of E[L]: sum_m (L - L_-m) grad log p(z_m|x) + sum_m (w_m / sum_j w_j) grad log w_m,
     where L_-m = log (1/M)(sum_{j!=m} w_j + w_hat_-m) and w_hat_-m = exp(mean_{j!=m} log w_j) is the
     geometric mean of the others (independent of z_m, so the baseline keeps the expectation).
-    normalize=True divides by M, as GARL's 1/M**q does at q = 1, so both share the same pathwise term.
+    normalize=True divides by M, as GARL's 1/M**q does at q = 1, so both share the same pathwise term;
+    VIMCO's own estimator has no 1/M (normalize=False).
     Relation to J_Q and to GARL at q = 1: the pathwise terms are identical; the rationale signal differs:
     GARL q = 1 uses w_m / w_bar - 1 (self-normalised, biased O(1/M) for grad log P, no Jensen gap),
     iwae uses L - L_-m (unbiased for the bound, which is below log P by a Jensen gap that shrinks
