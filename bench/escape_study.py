@@ -11,6 +11,11 @@ Finished runs are kept (--resume), so an interrupted study continues where it st
     python bench/escape_study.py --out runs/escape-hour              # ~40 min on 2 idle cores
     python bench/escape_study.py --preset small --out /tmp/escape-small
     python bench/escape_study.py --out runs/x -- --lr sgd=0.05       # extra study flags after --
+    python bench/escape_study.py --reanalyse --out bench/results/escape-hour   # no training
+
+--reanalyse re-detects the escape steps and recomputes every fit and theory slope from OUT's
+results.json (the stored probe curves of each run) with the preset's settings, and rewrites OUT's
+report.md, results.json, config.yaml and plots; nothing is trained.
 """
 
 from __future__ import annotations
@@ -39,8 +44,13 @@ def main() -> int:
     )
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="hour")
+    ap.add_argument(
+        "--reanalyse", action="store_true", help="recompute OUT's analysis from its results.json"
+    )
     ap.add_argument("extra", nargs="*", help="extra `tsallis-rl study escape` flags (after --)")
     args = ap.parse_args()
+    if args.reanalyse:
+        return reanalyse(args.out, [*PRESETS[args.preset], *args.extra])
     from tsallis_rl.cli import main as cli
 
     argv = ["study", "escape", "--out", str(args.out), *PRESETS[args.preset], *args.extra]
@@ -58,6 +68,22 @@ def main() -> int:
     print("\nruns:")
     print(run_table(results["runs"]))
     print(f"\nwall time: {results['wall_seconds']} s; report: {args.out / 'report.md'}")
+    return 0
+
+
+def reanalyse(out: Path, flags: list[str]) -> int:
+    """Rewrite OUT's outputs from its results.json with the study settings `flags` (no training)."""
+    from tsallis_rl.commands.study import build_config, register
+    from tsallis_rl.escape_study import fit_table, write_outputs
+    from tsallis_rl.escape_study import reanalyse as redo
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    cfg = build_config(parser.parse_args(["study", "escape", "--out", str(out), *flags]))
+    results = redo(cfg, json.loads((out / "results.json").read_text()))
+    written = write_outputs(cfg, results, out)
+    print(f"rewrote {', '.join(p.name for p in written)} in {out}")
+    print(fit_table(results["fits"]))
     return 0
 
 

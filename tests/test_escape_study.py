@@ -198,3 +198,94 @@ def test_study_escape_on_a_2x2x1_grid_writes_every_output(tmp_path, tiny_model_d
     monkeypatch.setattr(suite, "train_run", lambda *a, **k: pytest.fail("retrained"))
     assert study(tmp_path, *flags, "--resume") == 0
     assert (out / "runs" / "garl_q1_dial3_sgd_s0" / "metrics.jsonl").read_text() == before
+
+
+# --------------------------------------------------------------------------------------------------
+# The theory reference runs to the study's own threshold (issue 22 item 8)
+
+DELTA = -5.0  # log(delta): the escape-hour study's threshold
+
+
+def test_theory_log_time_is_the_gradient_flow_time_to_delta():
+    from tsallis_rl.escape_study import theory_log_time
+
+    x = np.array([6.0, 13.84, 21.70, 39.92])
+    for q in (0.0, 0.5, 0.75):
+        a = 1 - q
+        want = np.log((np.exp(a * x) - math.exp(-a * DELTA)) / a)
+        assert np.allclose(theory_log_time(q, x, DELTA), want, rtol=1e-12)
+    assert np.allclose(theory_log_time(1.0, x, DELTA), np.log(x + DELTA), rtol=1e-12)
+    # already past delta: no time; log(1/p0) in the thousands stays finite
+    assert np.isnan(theory_log_time(0.75, np.array([4.0, 5.0]), DELTA)).all()
+    assert np.isfinite(theory_log_time(0.5, np.array([5000.0]), DELTA)).all()
+
+
+def test_theory_slope_over_the_study_p0_includes_the_threshold():
+    from tsallis_rl.escape_study import theory_slope
+
+    dials = np.array([13.84, 21.70, 27.49, 39.92])  # the escape-hour study's mean log(1/p0)
+    # SGD q = 0.75 escaped at dials 1 and 2 only: the theory's secant there is 0.263, not 0.25
+    assert theory_slope(0.75, "log_inv_p0", dials[:2], DELTA) == pytest.approx(0.263, abs=5e-4)
+    # q = 1 against log log(1/p0): ~1.3 over dials 1-4, not the asymptote 1
+    assert theory_slope(1.0, "loglog_inv_p0", dials, DELTA) == pytest.approx(1.30, abs=5e-3)
+    # the secant formula, written out
+    f = np.exp(0.25 * dials[:2]) - math.exp(0.25 * 5)
+    assert theory_slope(0.75, "log_inv_p0", dials[:2], DELTA) == pytest.approx(
+        math.log(f[1] / f[0]) / (dials[1] - dials[0]), rel=1e-12
+    )
+    # one p0: the local derivative; far below delta: the asymptotes 1 - q and 1
+    assert theory_slope(1.0, "log_inv_p0", np.array([20.0]), DELTA) == pytest.approx(1 / 15)
+    far = np.array([3000.0, 4000.0])
+    assert theory_slope(0.5, "log_inv_p0", far, DELTA) == pytest.approx(0.5, abs=1e-9)
+    assert theory_slope(1.0, "loglog_inv_p0", far, DELTA) == pytest.approx(1.0, abs=3e-3)
+    assert theory_slope(0.75, "log_inv_p0") == 0.25  # no p0 given: the asymptote
+
+
+def _hour_results():
+    path = Path(__file__).parents[1] / "bench" / "results" / "escape-hour" / "results.json"
+    return json.loads(path.read_text())
+
+
+def _hour_cfg():
+    from tsallis_rl.escape_study import EscapeStudyConfig
+
+    return EscapeStudyConfig(
+        q=[0.5, 0.75, 1.0], dials=[1, 2, 3, 4], optimizers=["sgd", "adam"], seeds=[0, 1, 2],
+        steps=200, eval_every=5, probe_size=16, eval_k=4, bootstrap=50,
+    )  # fmt: skip
+
+
+def test_reanalyse_recomputes_escapes_and_theory_slopes_from_stored_curves():
+    from tsallis_rl.escape_study import reanalyse
+
+    old = _hour_results()
+    new = reanalyse(_hour_cfg(), old)
+    for a, b in zip(old["runs"], new["runs"]):
+        assert a["escape_log_p"]["step"] == b["escape_log_p"]["step"]
+        assert a["escape_p1"]["censored"] == b["escape_p1"]["censored"]
+    fit = next(f for f in new["fits"] if (f["optimizer"], f["q"], f["criterion"], f["regressor"])
+               == ("sgd", 1.0, "escape_log_p", "loglog_inv_p0"))  # fmt: skip
+    assert fit["theory_slope"] == pytest.approx(1.30, abs=0.01) and fit["asymptote_slope"] == 1.0
+    assert fit["slope"] == pytest.approx(2.736, abs=1e-3)  # the fit itself is unchanged
+
+
+def test_escape_steps_plot_explains_the_censored_marker(tmp_path, monkeypatch):
+    """Issue 25 item 17: the open triangles (censored runs) have a legend entry."""
+    import matplotlib.figure
+
+    from tsallis_rl.escape_study import plot_escape_steps, reanalyse
+
+    cfg = _hour_cfg()
+    results = reanalyse(cfg, _hour_results())
+    seen = []
+    real = matplotlib.figure.Figure.savefig
+
+    def keep(fig, *a, **k):
+        seen.append([t.get_text() for ax in fig.axes for t in ax.get_legend().get_texts()])
+        return real(fig, *a, **k)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    plot_escape_steps(cfg, results, tmp_path / "e.png")
+    labels = seen[0]
+    assert any("censored" in t for t in labels)
+    assert any("delta" in t for t in labels)  # the theory line is the time to the threshold

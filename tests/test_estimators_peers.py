@@ -203,31 +203,37 @@ def rlpr_inputs(B, M, T, seed):
     return tok, mask, base, base_mask
 
 
+def y_star(B, T, span=(1, 3)):
+    """The y* span of a teacher-forced answer [prefix | y* | end]: 1 on positions span[0]..span[1]-1."""
+    target = torch.zeros(B, T, dtype=torch.float64)
+    target[:, span[0] : span[1]] = 1
+    return target
+
+
 @pytest.mark.parametrize("B,M", [(1, 2), (3, 5)])
 def test_rlpr_gradient_is_group_normalised_clipped_prob_reward_on_the_rationale(B, M):
     r, a = toy(B, M, seed=B + 2 * M)
     tok, mask, base, bmask = rlpr_inputs(B, M, 4, seed=M)
+    target = y_star(B, 4)  # answer = [prefix | y*_1 y*_2 | end]: y* at positions 1, 2
     kw = dict(
         answer_token_logp=tok,
         answer_mask=mask,
+        answer_target_mask=target,
         no_rationale_token_logp=base,
         no_rationale_mask=bmask,
     )
     out, gr, ga = grads_of(rlpr_loss, r, a, **kw)
-    # reference: literal loops
+    # reference: literal loops over the y* tokens alone (RLPR's ground_truth_mask)
     reward = torch.zeros(B, M, dtype=torch.float64)
     for b in range(B):
-        b0 = (
-            sum(math.exp(base[b, t].item()) for t in range(4) if bmask[b, t])
-            / bmask[b].sum().item()
-        )
+        on = [t for t in range(4) if bmask[b, t] and target[b, t]]
+        b0 = sum(math.exp(base[b, t].item()) for t in on) / len(on)
         for m in range(M):
-            p = (
-                sum(math.exp(tok[b, m, t].item()) for t in range(4) if mask[b, m, t])
-                / mask[b, m].sum().item()
-            )
+            on = [t for t in range(4) if mask[b, m, t] and target[b, t]]
+            p = sum(math.exp(tok[b, m, t].item()) for t in on) / len(on)
             reward[b, m] = max(p - b0, 0.0)
-    adv = (reward - reward.mean(1, keepdim=True)) / (reward.std(1, keepdim=True) + 1e-4)
+    adv = (reward - reward.mean(1, keepdim=True)) / (reward.std(1, keepdim=True) + 1e-6)
+    adv[reward.std(1) < 1e-6] = 0
     r2 = r.clone().requires_grad_(True)
     (-(adv * r2).sum() / (B * M)).backward()
     close(gr, r2.grad)
@@ -242,6 +248,7 @@ def test_rlpr_reward_below_the_no_rationale_baseline_is_clipped_to_zero():
     base = torch.log(torch.tensor([[0.4, 0.4]], dtype=torch.float64))
     out = rlpr_loss(
         r, a, answer_token_logp=tok, answer_mask=torch.ones_like(tok),
+        answer_target_mask=torch.ones_like(base),
         no_rationale_token_logp=base, no_rationale_mask=torch.ones_like(base),
     )  # fmt: skip
     assert torch.allclose(
@@ -254,8 +261,67 @@ def test_rlpr_std_filter_zeroes_flat_groups():
     tok, mask, base, bmask = rlpr_inputs(2, 3, 3, seed=1)
     tok[1] = -0.1  # group 1: every rationale gives the same reward
     out = rlpr_loss(r, a, answer_token_logp=tok, answer_mask=mask, no_rationale_token_logp=base,
-                    no_rationale_mask=bmask, min_reward_std=1e-6)  # fmt: skip
+                    no_rationale_mask=bmask, answer_target_mask=y_star(2, 3))  # fmt: skip
     assert out.rationale_grad[1].abs().sum() == 0 and out.rationale_grad[0].abs().sum() > 0
+
+
+def test_rlpr_reward_is_the_y_star_span_alone_not_the_prefix_or_end_token():
+    """Issue 22 item 1: y* = "42" after a "\n\n" prefix is 5 answer tokens, 2 of them y*. RLPR
+    averages p over those 2; a near-certain end token or prefix must not enter the reward."""
+    r, a = toy(1, 2, seed=0)
+    p = torch.tensor([[[0.99, 0.99, 0.01, 0.02, 0.99], [0.99, 0.99, 0.03, 0.04, 0.99]]])
+    tok = torch.log(p.double())
+    base = torch.log(torch.tensor([[0.99, 0.99, 0.005, 0.005, 0.99]], dtype=torch.float64))
+    target = torch.tensor([[0, 0, 1, 1, 0]], dtype=torch.float64)
+    out = rlpr_loss(
+        r, a, answer_token_logp=tok, answer_mask=torch.ones_like(tok), answer_target_mask=target,
+        no_rationale_token_logp=base, no_rationale_mask=torch.ones_like(base),
+    )  # fmt: skip
+    want = torch.tensor([[0.015 - 0.005, 0.035 - 0.005]], dtype=torch.float64)
+    assert torch.allclose(out.extras["reward"], want, atol=1e-12)
+    assert out.stats["mean_token_prob"] == pytest.approx(0.025)
+    # a target mask narrower than the answer tokens (one micro-batch's width) is padded with 0
+    narrow = rlpr_loss(
+        r, a, answer_token_logp=tok, answer_mask=torch.ones_like(tok),
+        answer_target_mask=target[:, :4], no_rationale_token_logp=base,
+        no_rationale_mask=torch.ones_like(base),
+    )  # fmt: skip
+    assert torch.equal(narrow.extras["reward"], out.extras["reward"])
+
+
+def test_rlpr_normalises_with_eps_1e6_and_zeroes_groups_below_std_1e6():
+    """Issue 22 item 6: RLPR's compute_grpo_outcome_advantage divides by std + 1e-6 (not 1e-4:
+    cold-start rewards ~1e-5 apart would be damped ~10x) and zeroes groups with std < 1e-6."""
+    r, a = toy(2, 2, seed=0)
+    # group 0: mean probs 2e-5 and 4e-5 (std 1.4e-5); group 1: 1e-7 apart (std 7e-8 < 1e-6)
+    p = torch.tensor([[2e-5, 4e-5], [1e-5, 1e-5 + 1e-7]], dtype=torch.float64)
+    tok = torch.log(p)[:, :, None]
+    base = torch.full((2, 1), -math.inf, dtype=torch.float64)
+    one = torch.ones(2, 1, dtype=torch.float64)
+    out = rlpr_loss(
+        r, a, answer_token_logp=tok, answer_mask=torch.ones_like(tok), answer_target_mask=one,
+        no_rationale_token_logp=base, no_rationale_mask=one,
+    )  # fmt: skip
+    std0 = p[0].std().item()
+    want0 = (p[0] - p[0].mean()) / (std0 + 1e-6)
+    assert torch.allclose(out.advantages[0], want0, rtol=1e-12)
+    assert abs(out.advantages[0, 1].item()) > 0.65  # eps 1e-4 would give 0.088
+    assert out.advantages[1].abs().sum() == 0
+    assert out.stats["frac_filtered"] == 0.5
+
+
+def test_rlpr_adaptive_threshold_zeroes_groups_below_it():
+    r, a = toy(2, 3, seed=0)
+    tok, mask, base, bmask = rlpr_inputs(2, 3, 3, seed=1)
+    kw = dict(answer_token_logp=tok, answer_mask=mask, no_rationale_token_logp=base,
+              no_rationale_mask=bmask, answer_target_mask=y_star(2, 3, (0, 2)))  # fmt: skip
+    free = rlpr_loss(r, a, **kw)
+    std = free.extras["reward_std"]
+    cut = (std[0] + std[1]) / 2
+    out = rlpr_loss(r, a, **kw, min_reward_std=cut.item())
+    low = int(std.argmin())
+    assert out.rationale_grad[low].abs().sum() == 0
+    assert torch.equal(out.rationale_grad[1 - low], free.rationale_grad[1 - low])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -322,6 +388,7 @@ def test_rlpr_and_rft_stay_finite_at_extreme_log_probs(low):
     tok[0, 0] = -0.1
     ones = torch.ones_like(tok)
     out, gr, _ = grads_of(rlpr_loss, r, a, answer_token_logp=tok, answer_mask=ones,
+                          answer_target_mask=ones[:, 0],
                           no_rationale_token_logp=tok[:, 0], no_rationale_mask=ones[:, 0])  # fmt: skip
     assert torch.isfinite(out.loss) and torch.isfinite(gr).all()
     t = tok.clone().requires_grad_(True)
@@ -333,6 +400,7 @@ def test_rlpr_and_rft_stay_finite_at_extreme_log_probs(low):
 def test_specs_declare_inputs_rollouts_and_options():
     rlpr = get_estimator_spec("rlpr")
     assert rlpr.needs_answer_tokens and rlpr.needs_no_rationale and not rlpr.sequence_only
+    assert rlpr.needs_target_span and "answer_target_mask" not in rlpr.options
     assert (
         get_estimator_spec("rft").needs_sampled_rewards
         and get_estimator_spec("grpo").needs_sampled_rewards

@@ -20,6 +20,7 @@ from tsallis_rl.gradient import (
     estimator_inputs,
     no_rationale_rows,
     stack_rows,
+    target_mask_rows,
 )
 from tsallis_rl.sequences import ANSWER, PAD, RATIONALE
 from tsallis_rl.suite import build_trainer
@@ -106,6 +107,8 @@ def test_both_gradient_paths_equal_the_core_estimator(
         if spec.needs_no_rationale
         else None
     )
+    if spec.needs_target_span:
+        data["answer_target_mask"] = target_mask_rows([tr.target_mask(ex) for ex in examples])
     # by hand
     tr.model.zero_grad()
     rows = _naive(tr.model, rolls)
@@ -161,7 +164,11 @@ def test_estimator_inputs_follow_the_spec(tiny_model_dir):
     with pytest.raises(ValueError, match="no-rationale baseline"):
         estimator_inputs(get_estimator_spec("rlpr"), logp, regions, None, B, M)
     data = {"no_rationale_token_logp": torch.zeros(B, 2), "no_rationale_mask": torch.ones(B, 2)}
+    with pytest.raises(ValueError, match="y\\* span"):
+        estimator_inputs(get_estimator_spec("rlpr"), logp, regions, None, B, M, data)
+    data["answer_target_mask"] = torch.tensor([[1.0, 0.0]] * B)
     rlpr = estimator_inputs(get_estimator_spec("rlpr"), logp, regions, None, B, M, data)
+    assert rlpr.kwargs["answer_target_mask"].shape == (B, 2)
     assert rlpr.kwargs["answer_token_logp"].shape == (B, M, 2) and len(rlpr.differentiable()) == 3
     with pytest.raises(ValueError, match="rewards"):
         estimator_inputs(get_estimator_spec("rft"), logp, regions, None, B, M)

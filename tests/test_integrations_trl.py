@@ -396,6 +396,11 @@ dist.all_gather_object(parts, comps)
 if rank == 0:
     grads = {n: p.grad for n, p in tr.model.named_parameters()}
     torch.save({"comps": [c for part in parts for c in part], "grads": grads, "world": world}, sys.argv[1])
+# Tear the group down together before exiting. Without this, rank 1 left while rank 0 was still
+# saving, and its gloo group was destroyed at interpreter exit with its peer connection live:
+# "terminate called without an active exception" (SIGABRT) at random (issue 22 item 9).
+dist.barrier()
+dist.destroy_process_group()
 """
 
 

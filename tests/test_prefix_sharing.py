@@ -213,6 +213,7 @@ def test_apply_gradient_shared_equals_unshared(name, q, micro_batch, shared_call
                 model, prompts, golds, list(CLOSE), pad_id=0, micro_batch=2, share_prompt=share
             )
             data = stack_rows(rows)
+            data["answer_target_mask"] = torch.tensor([[0.0, 1.0, 0.0]] * 2)
         call = spec.bind(q, {"generator": torch.Generator().manual_seed(7)})
         model.zero_grad(set_to_none=True)
         out = apply_gradient(

@@ -21,6 +21,7 @@ PAPER = {  # METHOD.md section 5
 PAPER_KEYS = {  # the options the paper itself gives
     "model", "task", "regime", "train_size", "val_size", "test_size", "estimators",
     "num_rollouts", "num_samples", "thinking_budget", "answer_budget", "eval_k", "chat_template",
+    "match",
 }  # fmt: skip
 
 
@@ -44,10 +45,14 @@ def test_paper_recipe_holds_the_paper_values(task, regime):
     )
     assert o["thinking_budget"] == PAPER[task]["thinking_budget"]
     assert (o["train_size"], o["val_size"], o["test_size"]) == PAPER[task]["sizes"]
+    # cold: q in {0, .25, .5, .75, 1}; warm: the warm-start table's GARL {0, .25, .75}, PAFT {.25, .75}
     grid = {"grpo", "garl:0", "garl:0.25", "garl:0.5", "garl:0.75", "garl:1"}
     if regime == "warm":
-        grid |= {"paft:0.25", "paft:0.75"}
+        grid = {"grpo", "garl:0", "garl:0.25", "garl:0.75", "paft:0.25", "paft:0.75"}
     assert set(o["estimators"].split(",")) == grid
+    # paper 7.1: trained on exact match to the gold string, evaluated by substring
+    assert o["match"] == "paper"
+    assert TrainConfig(**o).match == "paper"
 
 
 @pytest.mark.parametrize("name", list_recipes())
@@ -146,3 +151,26 @@ def test_recipe_values_are_overridden_by_flags_and_yaml(tmp_path):
     assert (cfg.task, cfg.thinking_budget, cfg.runs()) == ("hotpotqa", 100, [("paft", 0.25)])
     with pytest.raises(ConfigError, match="recipe.*finqa-cold"):
         from_args(parser.parse_args(["--recipe", "finqa-hot"]))
+
+
+@pytest.mark.parametrize("task", sorted(PAPER))
+def test_paper_recipes_say_the_thinking_budget_is_our_reading_of_nk_minus_128(task):
+    """Issue 22 item 7: 3968 / 2944 / 1920 are our reading of the paper's "4k - 128" etc."""
+    for regime in ("cold", "warm"):
+        text = load_recipe(f"{task}-{regime}").yaml_text()
+        line = next(x for x in text.splitlines() if x.strip().startswith("thinking_budget:"))
+        k = (PAPER[task]["thinking_budget"] + 128) // 1024
+        assert f'our reading of the paper\'s "{k}k - 128"' in line, line
+
+
+def test_readme_peer_table_states_where_each_peer_still_differs_from_its_source():
+    """Issue 22 items 6-7: iwae's 1/M, verifree's budget-forced w and RLPR's remaining
+    differences are written next to the peer objectives."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    table = readme[readme.index("| name | objective | relation to J_Q |") :]
+    table = table[: table.index("## The command line")]
+    assert "where it still differs from its source" in table
+    assert "VIMCO's estimator has no 1/M" in table
+    assert "VeriFree gives a truncated response w = 0" in table
+    for difference in ("filter_cache_regenerate", "format reward", "token mean", "clip"):
+        assert difference in table, difference

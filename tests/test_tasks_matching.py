@@ -250,3 +250,17 @@ def test_a_task_that_loosens_its_reward_keeps_evaluation_at_least_as_loose():
     task, ex = CaseFree(), Example(id="p", question="q?", answer="Paris")
     assert task.exact_match("PARIS", ex)
     assert check_never_stricter(task, [ex], sentences=False) > 0
+
+
+def test_paper_mode_scores_against_the_gold_string_alone_not_its_aliases():
+    """Issue 22 item 4: the paper (section 7.1) matches the gold answer string; MuSiQue's aliases
+    count in the default mode only."""
+    task = get_task("musique")
+    ex = Example(id="m", question="q", answer="Mu County", aliases=["Mu"])
+    paper, default = get_match_mode("paper"), get_match_mode("default")
+    assert paper.reward_correct(task, "Mu County", ex) and paper.eval_correct(
+        task, "in Mu County", ex
+    )
+    assert not paper.reward_correct(task, "Mu", ex)
+    assert not paper.eval_correct(task, "Mu", ex)
+    assert default.reward_correct(task, "Mu", ex)  # the alias still counts there

@@ -92,6 +92,17 @@ class TrainConfig:
     normalize: bool = _opt(True, "keep the 1/M^q factor of GARL/PAFT")
     clip_eps: float = _opt(0.2, "GRPO: PPO clip range")
     scale_rewards: bool = _opt(True, "GRPO: divide advantages by the group std")
+    rlpr_std_beta: float = _opt(
+        0.5,
+        "rlpr: adaptive std filter, groups whose reward std is below beta x the EMA of past steps' mean reward std get advantage 0 (RLPR's std_filter_beta; its Qwen recipe 0.5; 0 = off)",
+    )
+    rlpr_std_ema: float = _opt(
+        0.99, "rlpr: weight of the old value in that EMA (RLPR's filter_ema_ratio)"
+    )
+    rlpr_filter_start: int = _opt(
+        10,
+        "rlpr: first step (0-based) the std filter applies; the EMA collects from step 0 (RLPR's filter_start_step 11, 1-based)",
+    )
     # rollouts
     thinking_budget: int = _opt(
         24, "max rationale tokens; then </think> is forced (budget forcing)"
@@ -204,6 +215,8 @@ class TrainConfig:
             ("eval_temperature", 0.0, False),
             ("max_grad_norm", 0.0, False),
             ("weight_decay", 0.0, False),
+            ("rlpr_std_beta", 0.0, False),
+            ("rlpr_std_ema", 0.0, False),
             ("lora_r", 1, False),
             ("lora_alpha", 1, False),
         ):
@@ -238,6 +251,10 @@ class TrainConfig:
         ):
             if int(getattr(self, name)) < 0:
                 bad(name, "must be >= 0")
+        if self.rlpr_std_ema >= 1.0:
+            bad("rlpr_std_ema", "must be < 1 (the EMA must take in new steps)")
+        if self.rlpr_filter_start < 0:
+            bad("rlpr_filter_start", "must be >= 0")
         if self.q_switch_step is not None and self.q_switch_step < 0:
             bad("q_switch_step", "must be >= 0")
         if self.train_size is not None and self.train_size < 1:
@@ -648,6 +665,14 @@ def _refuse_unused_options(cfg: TrainConfig, given: set[str], sources: dict[str,
             raise ConfigError(
                 f"{sources.get(option, 'flags')}: {option} = {getattr(cfg, option)!r}: no run "
                 f"uses it (the estimators here: {', '.join(names)})"
+            )
+    for option in ("rlpr_std_beta", "rlpr_std_ema", "rlpr_filter_start"):
+        if option in given and not any(
+            "min_reward_std" in get_estimator_spec(n).options for n in names
+        ):
+            raise ConfigError(
+                f"{sources.get(option, 'flags')}: {option} = {getattr(cfg, option)!r}: no run "
+                f"uses it (rlpr's std filter; the estimators here: {', '.join(names)})"
             )
     for option in ("lora_r", "lora_alpha", "lora_targets"):
         if option in given and not cfg.lora:

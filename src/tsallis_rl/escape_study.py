@@ -12,7 +12,15 @@ is a small FIXED probe set evaluated every `eval_every` steps. This module then
   by maximum likelihood for interval-censored data (`censored_fit`, a Tobit model): an escape seen
   at evaluation step t after evaluation step t' is known only to lie in (t', t]; a censored run
   contributes P(T > last step); bootstrap intervals resample runs (`bootstrap_slope`);
-- writes report.md, results.json and plots beside the theory slope 1 - q.
+- writes report.md, results.json and plots beside the theory's slope over the same p0 range.
+
+The theory reference (`theory_time`) is the gradient-flow time to the study's own threshold
+delta = exp(threshold_log_p), not only its asymptote: dP/dt ~ P^(2-q) takes
+T ~ (p0^-(1-q) - delta^-(1-q)) / (1 - q) for q < 1 and T ~ log(delta / p0) at q = 1, so its slope
+against log(1/p0) (or log log(1/p0)) depends on where p0 lies (`theory_slope`: the least-squares
+slope over the runs' own p0, e.g. 0.263 for q = 0.75 between p0 = e^-13.8 and e^-21.7, and about
+1.3 against log log(1/p0) at q = 1 for p0 from e^-14 to e^-40), tending to 1 - q (and to 1 at
+q = 1) as p0 -> 0. `reanalyse` recomputes everything from a results.json's stored curves.
 """
 
 from __future__ import annotations
@@ -34,6 +42,11 @@ from tsallis_rl.tasks.chainsum import DIAL_FORMS
 
 # --------------------------------------------------------------------------------------------------
 # Pure functions: the detector and the censored fit
+
+REGRESSORS = {
+    "log_inv_p0": lambda log_inv_p0: log_inv_p0,
+    "loglog_inv_p0": np.log,
+}
 
 
 @dataclass(frozen=True)
@@ -182,13 +195,56 @@ def bootstrap_slope(
     return {"low": float(low), "high": float(high), "n_valid": len(slopes)}
 
 
-def theory_slope(q: float, regressor: str) -> float:
-    """The theory's slope of log T: 1 - q against log(1/p0); 1 against log log(1/p0) at q = 1."""
-    if regressor == "log_inv_p0":
-        return 1.0 - q
-    if regressor == "loglog_inv_p0":
+def theory_log_time(q: float, log_inv_p0: np.ndarray, log_delta: float) -> np.ndarray:
+    """log of the gradient-flow time from p0 to the threshold delta, up to an additive constant.
+
+    log_inv_p0 [N] = log(1/p0); log_delta = log(delta) (the study's threshold_log_p, e.g. -5).
+    dP/dt = c P^(2-q) gives T = (p0^-(1-q) - delta^-(1-q)) / (c (1-q)) for q < 1 and
+    T = log(delta / p0) / c at q = 1. NaN where p0 >= delta (already escaped). Stable in log space
+    for log(1/p0) in the thousands.
+    """
+    x = np.asarray(log_inv_p0, dtype=float)
+    gap = x + log_delta  # log(delta / p0) > 0 when p0 < delta
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if q >= 1.0:
+            out = np.log(gap)
+        else:
+            a = 1.0 - q  # p0^-a - delta^-a = exp(a x) (1 - exp(-a gap))
+            out = a * x + np.log(-np.expm1(-a * gap)) - math.log(a)
+    return np.where(gap > 0, out, np.nan)
+
+
+def theory_slope(
+    q: float, regressor: str, log_inv_p0: np.ndarray | None = None, log_delta: float | None = None
+) -> float:
+    """The theory's slope of log T against the regressor (log(1/p0) or log log(1/p0)).
+
+    With the runs' log(1/p0) [N] and the threshold log(delta): the least-squares slope of
+    `theory_log_time` on the regressor over those points (the secant for two p0 values; the local
+    derivative when all are equal), i.e. what a fit of exact gradient-flow times at the same p0
+    would give. Without them: the asymptote as p0 -> 0, 1 - q against log(1/p0) and 1 against
+    log log(1/p0) at q = 1 (NaN for q < 1 there).
+    """
+    if regressor not in REGRESSORS:
+        raise ValueError(f"unknown regressor {regressor!r}")
+    if log_inv_p0 is None or log_delta is None:
+        if regressor == "log_inv_p0":
+            return 1.0 - q
         return 1.0 if q == 1.0 else math.nan
-    raise ValueError(f"unknown regressor {regressor!r}")
+    x = np.asarray(log_inv_p0, dtype=float)
+    y = theory_log_time(q, x, log_delta)
+    ok = np.isfinite(y) & (x > (1.0 if regressor == "loglog_inv_p0" else 0.0))
+    x, y = x[ok], y[ok]
+    if x.size == 0:
+        return math.nan
+    if np.ptp(x) < 1e-9:  # one p0: the local derivative
+        h = 1e-4 * max(abs(x[0]), 1.0)
+        xs = np.array([x[0] - h, x[0] + h])
+        ys = theory_log_time(q, xs, log_delta)
+        r = REGRESSORS[regressor](xs)
+        return float((ys[1] - ys[0]) / (r[1] - r[0]))
+    r = REGRESSORS[regressor](x)
+    return float(np.polyfit(r, y, 1)[0])
 
 
 def log_interval(times: list[EscapeTime]) -> tuple[np.ndarray, np.ndarray]:
@@ -197,12 +253,6 @@ def log_interval(times: list[EscapeTime]) -> tuple[np.ndarray, np.ndarray]:
     hi = np.array([t.hi for t in times], dtype=float)
     with np.errstate(divide="ignore"):
         return np.log(lo), np.log(hi)
-
-
-REGRESSORS = {
-    "log_inv_p0": lambda log_inv_p0: log_inv_p0,
-    "loglog_inv_p0": np.log,
-}
 
 
 def fit_group(
@@ -232,6 +282,7 @@ def fit_group(
     escaped = np.isfinite(hi)
     out: dict[str, Any] = {
         "regressor": regressor,
+        "log_inv_p0": [float(v) for v in x_all[keep]],
         "settings_escaped": int(np.unique(groups[escaped]).size),
         "n": int(keep.sum()),
         "excluded": int((~keep).sum()),
@@ -412,6 +463,31 @@ def analyse(cfg: EscapeStudyConfig, out: Path) -> dict[str, Any]:
                 "curve": curve,
             }
         )  # fmt: skip
+    return fit_runs(cfg, runs)
+
+
+def reanalyse(cfg: EscapeStudyConfig, results: dict[str, Any]) -> dict[str, Any]:
+    """`analyse` again from a results.json's stored runs (their probe curves): escape steps are
+    re-detected with cfg's thresholds and every fit and theory slope recomputed; no run is needed.
+    """
+    runs = []
+    for r in results["runs"]:
+        steps = np.array(r["curve"]["step"])
+        by_logp = escape_time(steps, np.array(r["curve"]["log_p_hat"]), cfg.threshold_log_p)
+        by_p1 = escape_time(steps, np.array(r["curve"]["p@1"]), cfg.p1_threshold)
+        runs.append(
+            {**r, "escape_log_p": dataclasses.asdict(by_logp),
+             "escape_p1": dataclasses.asdict(by_p1)}
+        )  # fmt: skip
+    out = fit_runs(cfg, runs)
+    if "wall_seconds" in results:
+        out["wall_seconds"] = results["wall_seconds"]
+    return out
+
+
+def fit_runs(cfg: EscapeStudyConfig, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The per-(q, optimiser) censored fits of run records (escape times detected), beside the
+    theory's slope over the same runs' p0 (`theory_slope` with the threshold) and its asymptote."""
     fits = []
     for opt in cfg.optimizers:
         for q in cfg.q:
@@ -425,9 +501,11 @@ def analyse(cfg: EscapeStudyConfig, out: Path) -> dict[str, Any]:
                     res = fit_group(
                         log_inv_p0, times, reg, n_boot=cfg.bootstrap, seed=0, settings=dials
                     )
+                    # the theory's time runs to the log P threshold; p@1 >= 0.5 lies beyond it
+                    th = theory_slope(q, reg, np.array(res["log_inv_p0"]), cfg.threshold_log_p)
                     fits.append(
                         {"q": q, "optimizer": opt, "criterion": criterion,
-                         "theory_slope": theory_slope(q, reg), **res}
+                         "theory_slope": th, "asymptote_slope": theory_slope(q, reg), **res}
                     )  # fmt: skip
     dial_p0 = {}
     for dial in cfg.dials:
@@ -450,15 +528,16 @@ def _f(x: Any, spec: str = ".3f") -> str:
 def fit_table(fits: list[dict[str, Any]]) -> str:
     """Markdown table of the slope fits beside the theory slope."""
     rows = [
-        "| optimiser | q | criterion | regressor | slope | 95% bootstrap CI | theory | runs (censored) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| optimiser | q | criterion | regressor | slope | 95% bootstrap CI | theory (to delta) | asymptote | runs (censored) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for f in fits:
         ci = f"[{_f(f['ci_low'])}, {_f(f['ci_high'])}]" if f["ci_low"] is not None else "-"
         reg = "log(1/p0)" if f["regressor"] == "log_inv_p0" else "log log(1/p0)"
+        asym = f.get("asymptote_slope", theory_slope(f["q"], f["regressor"]))
         rows.append(
             f"| {f['optimizer']} | {f['q']:g} | {f['criterion']} | {reg} | {_f(f['slope'])} | {ci} "
-            f"| {_f(f['theory_slope'], '.2f')} | {f['n']} ({f['n_censored']}) |"
+            f"| {_f(f['theory_slope'])} | {_f(asym, '.2f')} | {f['n']} ({f['n_censored']}) |"
         )
     return "\n".join(rows)
 
@@ -505,10 +584,15 @@ q = 1), where p0 = exp(initial mean log P-hat on the probe set). Maximum likelih
 interval-censored data (Tobit): an escape seen at evaluation step t is known only to lie in
 (previous evaluation, t]; a censored run contributes P(T > last step). 95% percentile bootstrap
 over runs ({cfg.bootstrap} resamples). Runs past the threshold at step 0 are left out.
-Theory (gradient flow, METHOD.md section 3): b = 1 - q against log(1/p0); at q = 1, b = 1 against
-log log(1/p0) (its slope against log(1/p0), shown as 0, is only the asymptote: locally it is
-1 / log(1/p0)). A slope is `-` when it is not identified (fewer than two dial settings with an
-observed escape); with few runs per group the bootstrap interval is wide or missing.
+Theory (gradient flow, METHOD.md section 3, run to this study's own threshold delta =
+exp({cfg.threshold_log_p:g})): dP/dt ~ P^(2-q) takes T ~ p0^-(1-q) - delta^-(1-q) for q < 1 and
+T ~ log(delta/p0) at q = 1. "theory (to delta)" is the least-squares slope of that log T against
+the regressor over the same runs' p0, i.e. what exact gradient-flow times would fit here; it is
+above the asymptote ("asymptote": 1 - q, and 1 against log log(1/p0) at q = 1, reached only as
+p0 -> 0) because the threshold subtracts a constant. The p@1 criterion lies beyond the log P
+threshold; the same theory slope is shown for it as a reference. A slope is `-` when it is not
+identified (fewer than two dial settings with an observed escape); with few runs per group the
+bootstrap interval is wide or missing.
 
 ## Dial: measured initial log P-hat
 
@@ -525,19 +609,19 @@ observed escape); with few runs per group the bootstrap interval is wide or miss
 {run_table(results["runs"])}
 
 Plots: `escape_steps.png` (escape step against 1/p0, log-log, per q; open triangles are censored
-runs at their last step; dashed lines are the theory's law through the fitted line's centre),
+runs at their last step; dashed lines are the theory's time to delta through the fitted line's
+centre),
 `curves.png` (probe log P-hat per run).
 """
 
 
-def theory_curve(q: float, grid: np.ndarray, fit: dict[str, Any]) -> np.ndarray:
-    """Escape steps the theory predicts on `grid` = log(1/p0) [G]: p0^-(1-q) (q < 1) or
-    log(1/p0) (q = 1), scaled to meet the fitted line at the grid's centre."""
+def theory_curve(q: float, grid: np.ndarray, fit: dict[str, Any], log_delta: float) -> np.ndarray:
+    """Escape steps the theory predicts on `grid` = log(1/p0) [G]: the gradient-flow time to delta
+    (`theory_log_time`), scaled to meet the fitted line at the grid's centre; NaN where p0 >= delta."""
     mid = float(grid.mean())
-    t_mid = math.exp(fit["intercept"] + fit["slope"] * mid)
-    if q == 1.0:
-        return t_mid * grid / mid
-    return t_mid * np.exp((1 - q) * (grid - mid))
+    log_t_mid = fit["intercept"] + fit["slope"] * mid
+    y = theory_log_time(q, grid, log_delta)
+    return np.exp(log_t_mid + y - theory_log_time(q, np.array([mid]), log_delta)[0])
 
 
 def plot_escape_steps(cfg: EscapeStudyConfig, results: dict[str, Any], path: Path) -> None:
@@ -568,11 +652,17 @@ def plot_escape_steps(cfg: EscapeStudyConfig, results: dict[str, Any], path: Pat
                 grid = np.linspace(xs.min(), xs.max(), 20)
                 ax.plot(np.exp(grid), np.exp(fit["intercept"] + fit["slope"] * grid),
                         color=colors[opt], label=f"{opt}: b = {fit['slope']:.2f}")  # fmt: skip
-                ax.plot(np.exp(grid), theory_curve(q, grid, fit), "--", color=colors[opt],
-                        alpha=0.6, label="theory: " + ("T ~ log(1/p0)" if q == 1 else
-                                                        f"T ~ p0^-{1 - q:g}"))  # fmt: skip
+                th = theory_curve(q, grid, fit, cfg.threshold_log_p)
+                ax.plot(np.exp(grid), th, "--", color=colors[opt], alpha=0.6,
+                        label="theory: " + ("T ~ log(delta/p0)" if q == 1 else
+                                            f"T ~ p0^-{1 - q:g} - delta^-{1 - q:g}"))  # fmt: skip
             else:
                 ax.scatter([], [], color=colors[opt], label=f"{opt}: slope not identified")
+        if any(
+            r["escape_log_p"]["censored"] for r in results["runs"] if r["q"] == q
+        ):  # the open-triangle marker, once per panel that has one
+            ax.scatter([], [], marker="^", facecolors="none", edgecolors="0.4",
+                       label="censored: no escape by its last step")  # fmt: skip
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(f"GARL q = {q:g}", fontsize=9)

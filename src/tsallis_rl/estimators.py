@@ -50,6 +50,9 @@ INPUT_KINDS = ("teacher_forced", "sampled_reward")
 # per-token teacher-forced answer log-probs [B, M, T] + mask, and the per-example no-rationale
 # baseline's per-token answer log-probs [B, T] + mask (computed once with the starting model).
 TOKEN_INPUTS = ("answer_token_logp", "answer_mask")
+# The y* span inside the teacher-forced answer (answer prefix and end token excluded), [B, T] per
+# example, left-aligned like answer_mask (`prompts.PromptFormatter.gold_target_mask`).
+TARGET_INPUTS = ("answer_target_mask",)
 NO_RATIONALE_INPUTS = ("no_rationale_token_logp", "no_rationale_mask")
 _POSITIONAL = {
     "teacher_forced": ("rationale_logp", "answer_logp", "q"),
@@ -65,7 +68,8 @@ class EstimatorSpec:
       with the gold answer teacher-forced after each rationale; with `needs_answer_tokens` also
       answer_token_logp / answer_mask [B, M, T]; with `needs_no_rationale` also
       no_rationale_token_logp / no_rationale_mask [B, T] (the gold answer with no rationale, scored
-      once per example by the starting model).
+      once per example by the starting model); with `needs_target_span` also answer_target_mask
+      [B, T] (1 on the y* tokens of the teacher-forced answer: no answer prefix, no end token).
     inputs = "sampled_reward": fn(token_logp [B, M, T], token_mask [B, M, T], rewards [B, M], **options)
       on rollouts whose answer was sampled (needs an answer budget) and scored by the task's reward.
     min_rollouts: the M it needs per prompt (2 for leave-one-out / group baselines); with a `baseline`
@@ -82,6 +86,7 @@ class EstimatorSpec:
     needs_answer_tokens: bool = False
     needs_no_rationale: bool = False
     options: tuple[str, ...] = ()
+    needs_target_span: bool = False
 
     @property
     def needs_sampled_rewards(self) -> bool:
@@ -115,7 +120,9 @@ _REGISTRY: dict[str, EstimatorSpec] = {}
 
 
 def _signature_options(fn: Callable[..., Any], inputs: str) -> tuple[str, ...]:
-    skip = set(_POSITIONAL[inputs]) | set(TOKEN_INPUTS) | set(NO_RATIONALE_INPUTS)
+    skip = (
+        set(_POSITIONAL[inputs]) | set(TOKEN_INPUTS) | set(NO_RATIONALE_INPUTS) | set(TARGET_INPUTS)
+    )
     params = inspect.signature(fn).parameters.values()
     return tuple(p.name for p in params if p.name not in skip and p.kind is p.KEYWORD_ONLY)
 
@@ -129,6 +136,7 @@ def register_estimator(
     min_rollouts: int = 1,
     needs_answer_tokens: bool = False,
     needs_no_rationale: bool = False,
+    needs_target_span: bool = False,
     override: bool = False,
 ) -> Callable[[Callable[..., EstimatorOutput]], Callable[..., EstimatorOutput]]:
     """Decorator: register `fn` under `name` (lower-case). A taken name raises unless override=True."""
@@ -144,7 +152,7 @@ def register_estimator(
         doc = description or (fn.__doc__ or "").strip().splitlines()[0]
         _REGISTRY[key] = EstimatorSpec(
             key, fn, inputs, uses_q, doc, min_rollouts, needs_answer_tokens, needs_no_rationale,
-            _signature_options(fn, inputs),
+            _signature_options(fn, inputs), needs_target_span,
         )  # fmt: skip
         return fn
 
@@ -482,16 +490,21 @@ def paft_loss(
 # GRPO (the baseline: binary reward on a sampled answer, group-normalised advantage, PPO clip)
 
 
-def group_advantages(rewards: Tensor, *, scale_rewards: bool = True, eps: float = 1e-4) -> Tensor:
+def group_advantages(
+    rewards: Tensor, *, scale_rewards: bool = True, eps: float = 1e-4, std_floor: float = 0.0
+) -> Tensor:
     """GRPO advantages (r - mean) / (std + eps) per group (or r - mean): [B, M] -> [B, M] float64.
 
     std is the unbiased sample std, as in TRL and DeepSeekMath; a group of equal rewards gets 0.
+    std_floor > 0: groups whose std is below it get 0 (RLPR's `std_filter`, 1e-6 beside eps 1e-6).
     """
     r = rewards.detach().to(torch.float64)
     adv = r - r.mean(dim=1, keepdim=True)
+    std = r.std(dim=1, keepdim=True) if r.shape[1] > 1 else torch.zeros_like(r[:, :1])
     if scale_rewards:
-        std = r.std(dim=1, keepdim=True) if r.shape[1] > 1 else torch.zeros_like(r[:, :1])
         adv = adv / (std + eps)
+    if std_floor > 0:
+        adv = torch.where(std < std_floor, torch.zeros_like(adv), adv)
     return adv
 
 
@@ -599,6 +612,8 @@ def verifree_loss(
     + w_m grad log p(y*|x, z_m)]. Relation to J_Q: the gradient of J_0 = E[P] estimated with an RLOO
     baseline on w plus the pathwise term, i.e. exactly GARL at q = 0 (RB-RLOO; tested to 1e-12).
     rationale_logp, answer_logp: [B, M]. Weights below exp(-745) are 0 in float64 and contribute 0.
+    Differs from VeriFree: a budget-forced rationale (`</think>` forced) keeps its normal w here,
+    where VeriFree gives a truncated response w = 0.
     """
     _check_pair(rationale_logp, answer_logp)
     _check_no_q("verifree", q, 0.0)
@@ -679,7 +694,8 @@ def iwae_loss(
     Unbiased gradient of E[L]: sum_m (L - L_-m) grad log p(z_m|x) + sum_m (w_m / sum_j w_j) grad log w_m,
     where L_-m = log (1/M)(sum_{j!=m} w_j + w_hat_-m) and w_hat_-m = exp(mean_{j!=m} log w_j) is the
     geometric mean of the others (independent of z_m, so the baseline keeps the expectation).
-    normalize=True divides by M, as GARL's 1/M**q does at q = 1, so both share the same pathwise term.
+    normalize=True divides by M, as GARL's 1/M**q does at q = 1, so both share the same pathwise term;
+    VIMCO's own estimator has no 1/M (normalize=False).
     Relation to J_Q and to GARL at q = 1: the pathwise terms are identical; the rationale signal differs:
     GARL q = 1 uses w_m / w_bar - 1 (self-normalised, biased O(1/M) for grad log P, no Jensen gap),
     iwae uses L - L_-m (unbiased for the bound, which is below log P by a Jensen gap that shrinks
@@ -716,12 +732,27 @@ def _mean_token_prob(token_logp: Tensor, mask: Tensor) -> Tensor:
     return torch.exp(lp).sum(-1) / on.sum(-1).clamp(min=1)
 
 
+def _fit_width(mask: Tensor, width: int) -> Tensor:
+    """A [B, T] mask cut or zero-padded on the right to [B, width]."""
+    if mask.shape[-1] >= width:
+        return mask[..., :width]
+    pad = torch.zeros(
+        *mask.shape[:-1], width - mask.shape[-1], dtype=mask.dtype, device=mask.device
+    )
+    return torch.cat([mask, pad], dim=-1)
+
+
+RLPR_EPS = 1e-6  # RLPR's advantage normalisation: (r - mean) / (std + 1e-6) (core_algos.py)
+RLPR_STD_FILTER = 1e-6  # ... and groups whose reward std is below 1e-6 get advantage 0
+
+
 @register_estimator(
     "rlpr",
     uses_q=False,
     min_rollouts=2,
     needs_answer_tokens=True,
     needs_no_rationale=True,
+    needs_target_span=True,
     description="RLPR: mean token prob of y* minus no-rationale baseline, GRPO advantages",
 )
 def rlpr_loss(
@@ -731,22 +762,29 @@ def rlpr_loss(
     *,
     answer_token_logp: Tensor,
     answer_mask: Tensor,
+    answer_target_mask: Tensor,
     no_rationale_token_logp: Tensor,
     no_rationale_mask: Tensor,
     scale_rewards: bool = True,
     min_reward_std: float = 0.0,
 ) -> EstimatorOutput:
     """RLPR (Yu et al. 2025, "RLPR: Extrapolating RLVR to General Domains without Verifiers",
-    OpenBMB/RLPR): reward r_m = mean_t p(y*_t | x, z_m, y*_<t) minus the same without a rationale
-    (computed once per example with the starting model), clipped at 0; group-normalised advantages
-    A = (r - mean) / (std + 1e-4) (scale_rewards=False: r - mean) on the rationale, no pathwise term.
+    OpenBMB/RLPR): reward r_m = mean_t p(y*_t | x, z_m, y*_<t) over the tokens of y* alone (not the
+    answer prefix, not the end token: RLPR's `ground_truth_mask`) minus the same without a rationale
+    (computed once per example with the starting model), clipped at 0 (its `threshold_0` shaping);
+    group-normalised advantages A = (r - mean) / (std + 1e-6), 0 for groups whose reward std is
+    below 1e-6 (RLPR's `compute_grpo_outcome_advantage`; scale_rewards=False: r - mean), on the
+    rationale, no pathwise term.
 
     Loss: -(1/(B M)) sum_m A_m log p(z_m|x) (sequence sums; on-policy, so PPO's clip is inactive).
-    Groups whose reward std is below min_reward_std get A = 0 (RLPR's std filter, fixed threshold).
+    min_reward_std: groups whose reward std is below it also get A = 0 (RLPR's adaptive std filter:
+    the trainer passes beta x the EMA of past steps' mean reward std, `TrainConfig.rlpr_std_beta`).
     Relation to J_Q: a shaped, length-normalised q = 0 reward (a monotone proxy for w) with no
     pathwise term, so the answer's own likelihood is never trained directly.
     rationale_logp, answer_logp: [B, M]; answer_token_logp, answer_mask: [B, M, T] (per-token log-probs of
-    the teacher-forced answer, 1 = token); no_rationale_token_logp, no_rationale_mask: [B, T'].
+    the teacher-forced answer, left-aligned, 1 = token); answer_target_mask: [B, T''] 1 on the y*
+    tokens of each example's teacher-forced answer in the same left-aligned order (its width is
+    fitted to T); no_rationale_token_logp, no_rationale_mask: [B, T'] (the same answer tokens).
     """
     _check_pair(rationale_logp, answer_logp)
     _check_no_q("rlpr", q)
@@ -766,13 +804,25 @@ def rlpr_loss(
         )
     if no_rationale_mask.shape != no_rationale_token_logp.shape:
         raise ValueError("no_rationale_mask must have the shape of no_rationale_token_logp")
-    prob = _mean_token_prob(answer_token_logp, answer_mask)  # [B, M]
-    base = _mean_token_prob(no_rationale_token_logp, no_rationale_mask)  # [B]
+    if answer_target_mask.dim() != 2 or answer_target_mask.shape[0] != B:
+        raise ValueError(
+            f"answer_target_mask must have shape [B, T] with B = {B}, "
+            f"got {tuple(answer_target_mask.shape)}"
+        )
+    target = answer_target_mask.detach().to(answer_mask.dtype)
+    span = answer_mask * _fit_width(target, answer_mask.shape[-1])[:, None, :]
+    base_span = no_rationale_mask * _fit_width(target, no_rationale_mask.shape[-1]).to(
+        no_rationale_mask.dtype
+    )
+    prob = _mean_token_prob(answer_token_logp, span)  # [B, M]
+    base = _mean_token_prob(no_rationale_token_logp, base_span)  # [B]
     reward = (prob - base[:, None]).clamp(min=0.0)
-    adv = group_advantages(reward, scale_rewards=scale_rewards)
+    adv = group_advantages(
+        reward, scale_rewards=scale_rewards, eps=RLPR_EPS, std_floor=RLPR_STD_FILTER
+    )
+    std = reward.std(dim=1)  # [B]
     if min_reward_std > 0:
-        low = reward.std(dim=1, keepdim=True) < min_reward_std
-        adv = torch.where(low, torch.zeros_like(adv), adv)
+        adv = torch.where((std < min_reward_std)[:, None], torch.zeros_like(adv), adv)
     grad_z = -adv / (B * M)
     grad_y = torch.zeros_like(grad_z)
     loss = _linear_surrogate(rationale_logp, grad_z) + _linear_surrogate(answer_logp, grad_y)
@@ -781,7 +831,9 @@ def rlpr_loss(
         reward=reward.mean().item(),
         mean_token_prob=prob.mean().item(),
         no_rationale_prob=base.mean().item(),
-        frac_reward_zero_std=(reward.std(dim=1) == 0).double().mean().item(),
+        reward_std=std.mean().item(),
+        frac_reward_zero_std=(std == 0).double().mean().item(),
+        frac_filtered=(~adv.ne(0).any(dim=1)).double().mean().item(),
         max_adv=adv.max().item(),
     )
     return EstimatorOutput(
@@ -790,7 +842,7 @@ def rlpr_loss(
         rationale_grad=grad_z,
         answer_grad=grad_y,
         advantages=adv,
-        extras={"reward": reward},
+        extras={"reward": reward, "reward_std": std},
     )
 
 

@@ -98,7 +98,7 @@ def estimator_inputs(
     """The inputs the registered estimator consumes, built from scored log-probs [B*M, T].
 
     `data` holds per-example inputs that are not log-probs of these rollouts (the no-rationale
-    baseline); a spec that needs them and finds none raises.
+    baseline, the y* span `answer_target_mask` [B, T]); a spec that needs them and finds none raises.
     """
     if spec.inputs == "sampled_reward":
         if rewards is None:
@@ -118,6 +118,10 @@ def estimator_inputs(
         if missing:
             raise ValueError(f"estimator {spec.name!r} needs the no-rationale baseline: {missing}")
         inputs.kwargs.update({k: data[k] for k in ("no_rationale_token_logp", "no_rationale_mask")})
+    if spec.needs_target_span:
+        if "answer_target_mask" not in (data or {}):
+            raise ValueError(f"estimator {spec.name!r} needs the y* span: ['answer_target_mask']")
+        inputs.kwargs["answer_target_mask"] = data["answer_target_mask"]
     return inputs
 
 
@@ -229,6 +233,15 @@ def no_rationale_rows(
         tok, mask = answer_token_logps(logp, regions)
         rows += [t[m > 0].detach().cpu() for t, m in zip(tok, mask)]
     return rows
+
+
+def target_mask_rows(masks: Sequence[Sequence[int]]) -> Tensor:
+    """Right-pad per-example y* masks (`PromptFormatter.gold_target_mask`) into [B, T] float."""
+    width = max(max(len(m) for m in masks), 1)
+    out = torch.zeros(len(masks), width)
+    for i, m in enumerate(masks):
+        out[i, : len(m)] = torch.tensor([float(v) for v in m])
+    return out
 
 
 def stack_rows(rows: Sequence[Tensor]) -> dict[str, Tensor]:

@@ -19,8 +19,9 @@ training reward and one the evaluation, applied to the extracted answer.
   - "default": reward = the task's `exact_match`; evaluation = the task's `eval_match` matcher
     (its relaxed `substring_match`, or `exact_match` for chain-sum). Every task's relaxed match
     accepts every answer its exact match accepts, so evaluation is never stricter than training.
-  - "paper": the paper's literal definitions, no normalisation: reward = 1[answer == y*],
-    evaluation = "y* is a substring of the answer". Caveat: for chain-sum (short numbers) this
+  - "paper": the paper's literal definitions, no normalisation, against the gold string y* alone
+    (aliases count only in "default"): reward = 1[answer == y*], evaluation = "y* is a substring
+    of the answer". Caveat: for chain-sum (short numbers) this
     credits "102" for "02", which is why the default evaluates chain-sum by exact match.
 `score_samples` records the mode and both matcher names in its summary.
 Per-example records are written as JSON Lines by `io.write_jsonl`.
@@ -199,19 +200,23 @@ def majority_answer(answers: Sequence[str], normalize: Callable[[str], str] = st
 Matcher = Callable[[Any, str, Any], bool]
 
 
-def _golds(ex: Any) -> list[str]:
-    return [g.strip() for g in [ex.answer, *getattr(ex, "aliases", [])] if g.strip()]
+def _gold(task: Any, ex: Any) -> str:
+    """The gold answer string y* alone (the task's teacher-forced target; aliases are not y*)."""
+    target = getattr(task, "target", None)
+    return (target(ex) if callable(target) else ex.answer).strip()
 
 
 def literal_exact(task: Any, pred: str, ex: Any) -> bool:
-    """The paper's reward read literally: R = 1[y-hat = y*] (answer or an alias), only the
-    surrounding white space stripped."""
-    return pred.strip() in _golds(ex)
+    """The paper's reward read literally: R = 1[y-hat = y*] against the gold string alone (no
+    aliases: MuSiQue's stay in the default mode), only the surrounding white space stripped."""
+    gold = _gold(task, ex)
+    return bool(gold) and pred.strip() == gold
 
 
 def literal_substring(task: Any, pred: str, ex: Any) -> bool:
-    """The paper's evaluation read literally: y* (or an alias) is a substring of y-hat."""
-    return any(g in pred for g in _golds(ex))
+    """The paper's evaluation read literally: the gold string y* (no alias) is a substring of y-hat."""
+    gold = _gold(task, ex)
+    return bool(gold) and gold in pred
 
 
 MATCHERS: dict[str, Matcher] = {

@@ -56,6 +56,15 @@ class PromptFormatter:
         """The teacher-forced answer: prefix + y* + end token."""
         return self.ids(self.answer_prefix + self.task.target(ex)) + [self.tokenizer.eos_token_id]
 
+    def gold_target_mask(self, ex: Example) -> list[int]:
+        """1 on the tokens of `gold(ex)` that hold y*, 0 on the answer prefix and the end token.
+
+        RLPR's reward averages token probabilities over the ground-truth span alone (its trainer
+        locates the y* substring); this mask, aligned with `gold(ex)`, carries that span.
+        """
+        span = target_span(self.tokenizer, self.answer_prefix, self.task.target(ex))
+        return span + [0]
+
     @property
     def think_close(self) -> list[int]:
         return self.ids(THINK_CLOSE)
@@ -71,6 +80,30 @@ class PromptFormatter:
 
     def decode(self, r: Rollout) -> str:
         return self.tokenizer.decode(r.completion, skip_special_tokens=True)
+
+
+def target_span(tokenizer: Any, prefix: str, target: str) -> list[int]:
+    """1/0 per token of ids(prefix + target): 1 where the token holds a character of `target`.
+
+    A fast tokenizer's character offsets decide it exactly (a token merging the prefix's last
+    characters with y*'s first counts as y*). Without offsets: the tokens after the longest common
+    prefix of ids(prefix) and ids(prefix + target).
+    """
+    text = prefix + target
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = enc["offset_mapping"]
+    except (NotImplementedError, KeyError, TypeError, ValueError):
+        offsets = None
+    if offsets is not None:
+        start, end = len(prefix), len(text)
+        return [int(a < end and b > start) for a, b in offsets]
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    head = list(tokenizer(prefix, add_special_tokens=False)["input_ids"]) if prefix else []
+    common = 0
+    while common < min(len(ids), len(head)) and ids[common] == head[common]:
+        common += 1
+    return [0] * common + [1] * (len(ids) - common)
 
 
 def sampling_settings(

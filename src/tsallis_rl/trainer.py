@@ -34,7 +34,7 @@ from tsallis_rl import rundir
 from tsallis_rl.config import TrainConfig
 from tsallis_rl.estimators import get_estimator_spec
 from tsallis_rl.evaluation import EvalResult, eval_seed, evaluate
-from tsallis_rl.gradient import apply_gradient, no_rationale_rows, stack_rows
+from tsallis_rl.gradient import apply_gradient, no_rationale_rows, stack_rows, target_mask_rows
 from tsallis_rl.io import fault_point, read_jsonl, write_json, write_jsonl
 from tsallis_rl.loggers import Loggers
 from tsallis_rl.metrics import get_match_mode
@@ -116,6 +116,9 @@ class Trainer:
         self._saved_step = -1  # the step of the newest checkpoint written or loaded
         self.loggers = Loggers(self.run_dir, cfg, self.run_dir.name) if self.is_main else None
         self._gold_cache: dict[str, list[int]] = {}
+        self._target_cache: dict[str, list[int]] = {}
+        # RLPR's adaptive std filter: EMA of each step's mean group reward std (None before step 0)
+        self.reward_std_ema: float | None = None
         self._prompt_cache: dict[str, list[int]] = {}
         # RLPR-style baselines: scored once per training example here, before any step and before
         # a resume loads its checkpoint, so they always come from the starting weights.
@@ -147,6 +150,29 @@ class Trainer:
         if ex.id not in self._gold_cache:
             self._gold_cache[ex.id] = self.formatter.gold(ex)
         return self._gold_cache[ex.id]
+
+    def target_mask(self, ex: Example) -> list[int]:
+        """1 on the y* tokens of `gold_ids(ex)` (no answer prefix, no end token; cached)."""
+        if ex.id not in self._target_cache:
+            self._target_cache[ex.id] = self.formatter.gold_target_mask(ex)
+        return self._target_cache[ex.id]
+
+    def reward_std_threshold(self) -> float:
+        """RLPR's std filter at this step: beta x the EMA of past mean reward stds (0 = no filter)."""
+        cfg = self.cfg
+        if self.reward_std_ema is None or self.step < cfg.rlpr_filter_start:
+            return 0.0
+        return cfg.rlpr_std_beta * self.reward_std_ema
+
+    def _update_reward_std_ema(self, stds: list[float]) -> None:
+        """Fold this step's mean group reward std into the EMA (RLPR: new x (1 - r) + old x r)."""
+        finite = [v for v in stds if math.isfinite(v)]
+        if not finite:
+            return
+        new = sum(finite) / len(finite)
+        r = self.cfg.rlpr_std_ema
+        old = self.reward_std_ema
+        self.reward_std_ema = new if old is None else new * (1.0 - r) + old * r
 
     def batch_examples(self, step: int, micro: int = 0) -> list[Example]:
         """The B prompts of optimizer step `step` (deterministic: a seeded permutation per epoch)."""
@@ -193,6 +219,8 @@ class Trainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
+        reward_stds: list[float] = []
+        call = self._estimator_call(q)
         for micro in range(cfg.grad_accum):
             examples = self.batch_examples(self.step, micro)
             B = len(examples)
@@ -221,13 +249,20 @@ class Trainer:
                 rewards = torch.tensor(correct, dtype=torch.float64).view(B, M)
             if self.spec.needs_no_rationale:
                 data = stack_rows([self._no_rationale[ex.id] for ex in examples])
+            if self.spec.needs_target_span:
+                data = dict(data or {})
+                data["answer_target_mask"] = target_mask_rows(
+                    [self.target_mask(ex) for ex in examples]
+                )
             out = apply_gradient(
-                self.model, self.spec, rollouts, B, M, self._estimator_call(q),
+                self.model, self.spec, rollouts, B, M, call,
                 pad_id=self.formatter.pad_id, micro_batch=cfg.micro_batch, rewards=rewards, data=data,
                 backward=self._backward, loss_scale=1.0 / cfg.grad_accum,
                 skip_zero=self.accelerator is None,  # under DDP every rank must run the same backwards
                 share_prompt=cfg.share_prompt,
             )  # fmt: skip
+            if "reward_std" in out.extras:
+                reward_stds += [float(v) for v in out.extras["reward_std"]]
             stats = dict(out.stats)
             stats["loss"] = float(out.loss.detach())
             stats["hit_budget"] = sum(r.hit_budget for r in rollouts) / len(rollouts)
@@ -243,6 +278,9 @@ class Trainer:
         totals.update(grad_norm=float(norm), lr=self.scheduler.get_last_lr()[0])
         if self.spec.uses_q:
             totals["q"] = q
+        if "min_reward_std" in self.spec.options:
+            totals["min_reward_std"] = self.reward_std_threshold()
+            self._update_reward_std_ema(reward_stds)
         return totals
 
     def _estimator_call(self, q: float) -> Callable[..., Any]:
@@ -252,6 +290,7 @@ class Trainer:
             "baseline": cfg.baseline, "pathwise": cfg.pathwise, "normalize": cfg.normalize,
             "num_samples": cfg.num_samples, "generator": self.resample_gen,
             "clip_eps": cfg.clip_eps, "scale_rewards": cfg.scale_rewards,
+            "min_reward_std": self.reward_std_threshold(),
         }  # fmt: skip
         return self.spec.bind(q, available)
 
@@ -331,6 +370,7 @@ class Trainer:
             "best_step": self.best["step"],
             "best_score": float(self.best["score"]),
             "elapsed": self.elapsed_before + time.time() - self._started,
+            "reward_std_ema": self.reward_std_ema,
         }
 
         def write(tmp: Path) -> None:
@@ -375,6 +415,7 @@ class Trainer:
         self._saved_step = self.step
         self.best = {"step": int(state["best_step"]), "score": float(state["best_score"])}
         self.elapsed_before, self._started = float(state["elapsed"]), time.time()
+        self.reward_std_ema = state.get("reward_std_ema")
         if self.loggers:
             self.loggers.truncate_after(self.step)
         return True
