@@ -303,6 +303,9 @@ class Task:
     #: the evaluation matcher of the default match mode (`metrics.MATCH_MODES`); must accept
     #: every answer `exact_match` (the training reward) accepts
     eval_match: str = "substring"
+    #: what a context variant (a task option such as `hotpotqa?context=gold`) dropped from the
+    #: benchmark's context, one line ("" = nothing dropped); `data show|stats` and final.json say it
+    context_note: str = ""
 
     def load(self, path: str | Path | None = None, *, skip_invalid: bool = False) -> list[Example]:
         raise NotImplementedError
