@@ -18,7 +18,7 @@ What it runs, in one command (the recipe `hotpotqa-smollm2-cold` holds every set
 Every number is read from files this run wrote: OUT/base-{warm,cold}/summary.json +
 records.jsonl, OUT/train/<method>/final.json + test_records.jsonl + metrics.jsonl,
 OUT/last/<method>/summary.json + records.jsonl. The table goes
-to stdout and OUT/real_model.md (+ OUT/real_model.json).
+to stdout and OUT/real_model.md (+ OUT/real_model.json, the curves in OUT/real_model.png).
 
     python bench/real_model.py --data ../shared/data/hotpotqa                 # the experiment
     python bench/real_model.py --data ../shared/data/hotpotqa --out runs/rm-tiny \\
@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import multiprocessing
 import statistics
 import subprocess
 import sys
@@ -147,21 +148,41 @@ def train(args: argparse.Namespace, model: str, out: Path) -> float:
 
 def evaluate_last(cfg, train_out: Path, out: Path, keep_checkpoints: bool) -> None:
     """Each run's newest checkpoint on the test split (skipped when the trainer already tested
-    that step as its best), then its checkpoints/ deleted unless kept."""
+    that step as its best, or this step was tested before), up to cfg.workers at once in spawned
+    processes sharing cfg.threads; then each checkpoints/ is deleted unless kept."""
     import shutil
+    from concurrent.futures import ProcessPoolExecutor
 
+    jobs, done = [], []
     for final_path in sorted(train_out.glob("*/final.json")):
         run = final_path.parent
         final = json.loads(final_path.read_text())
         steps = sorted(run.glob("checkpoints/step-*"), key=lambda p: int(p.name.split("-")[-1]))
-        if not steps or (out / run.name / "summary.json").exists():
+        if not steps:
             continue
-        last = steps[-1]
-        step = int(last.name.split("-")[-1])
-        if final.get("best_step") != step:
-            print(f"{run.name}: last-step model (step {step}) on the test split ...", flush=True)
-            evaluate_base(cfg, out / run.name, weights=last, step=step)
-        if not keep_checkpoints:
+        last, step = steps[-1], int(steps[-1].name.split("-")[-1])
+        summary = out / run.name / "summary.json"
+        tested = summary.exists() and json.loads(summary.read_text()).get("step") == step
+        if final.get("best_step") != step and not tested:
+            jobs.append((run.name, last, step))
+        done.append(run)
+    workers = max(1, min(cfg.workers, len(jobs)))
+    sub = dataclasses.replace(cfg, threads=max(1, cfg.threads // workers))
+    for name, _, step in jobs:
+        print(f"{name}: last-step model (step {step}) on the test split ...", flush=True)
+    if workers == 1:
+        for name, last, step in jobs:
+            evaluate_base(sub, out / name, weights=last, step=step)
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            futures = [
+                pool.submit(evaluate_base, sub, out / name, last, step) for name, last, step in jobs
+            ]
+            for future in futures:
+                future.result()
+    if not keep_checkpoints:
+        for run in done:
             shutil.rmtree(run / "checkpoints")
 
 
@@ -332,6 +353,34 @@ def render(rows: list[dict[str, Any]], cfg, wall: float | None) -> str:
     return "\n".join(lines)
 
 
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Two small panels: validation log P-hat per evaluation and the training batch's log P-hat
+    (the teacher-forced estimators) per step, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (val_ax, train_ax) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for r in rows:
+        name = r["row"].split(",")[0]
+        if r["curve"]:
+            val_ax.plot([c[0] for c in r["curve"]], [c[2] for c in r["curve"]], "o-", label=name)
+        points = [t for t in r.get("train_curve", []) if "mean_log_w_bar" in t]
+        if points:
+            train_ax.plot([t["step"] for t in points], [t["mean_log_w_bar"] for t in points],
+                          ".-", label=name)  # fmt: skip
+    val_ax.set(title="validation: mean log P-hat of y*", xlabel="step")
+    train_ax.set(title="training batch: mean log P-hat", xlabel="step")
+    for ax in (val_ax, train_ax):
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
@@ -370,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "real_model.md").write_text(text + "\n")
     (out / "real_model.json").write_text(json.dumps({"rows": rows, "wall": wall}, indent=2))
+    plot(rows, out / "real_model.png")
     return 0
 
 

@@ -80,6 +80,7 @@ def test_table_has_base_selected_and_last_rows_with_official_em_f1(tmp_path, cap
         in text
     )
     assert "1: -25.00, 2: -21.00" in text and "10.0 min" in text
+    assert (tmp_path / "real_model.png").stat().st_size > 0
 
 
 def test_a_later_invocation_that_skips_phases_adds_its_wall_time(tmp_path, monkeypatch):
