@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tsallis_rl.cli import main
 from tsallis_rl.models.tiny import build_char_tokenizer
+from tsallis_rl.tasks import get_task
 
 FIX = Path(__file__).parent / "fixtures" / "tasks"
 
@@ -123,3 +124,54 @@ def test_path_is_a_deprecated_alias_of_data(capsys):
     captured = capsys.readouterr()
     assert "--path is deprecated; use --data" in captured.err
     assert json.loads(captured.out)["data"] == path
+
+
+GOLD_TASK = "hotpotqa?context=gold"
+
+
+def test_show_and_stats_say_what_a_context_variant_dropped(capsys):
+    data = str(FIX / "hotpotqa_hf.jsonl")
+    assert main(["data", "show", "--task", GOLD_TASK, "--data", data, "-n", "1"]) == 0
+    out = capsys.readouterr().out
+    head = out.splitlines()[0]
+    assert head.startswith(f"task {GOLD_TASK}, context variant: context=gold")
+    assert "distractor paragraphs are dropped" in head
+    assert main(["data", "stats", "--task", GOLD_TASK, "--data", data]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[1].startswith("context variant: context=gold")
+    assert out.count("context variant") == 1  # one line, not one per split
+    assert main(["data", "stats", "--task", GOLD_TASK, "--data", data, "--json"]) == 0
+    assert "distractor" in json.loads(capsys.readouterr().out)["context_note"]
+    assert main(["data", "show", "--task", GOLD_TASK, "--data", data, "--json"]) == 0
+    assert all("distractor" in item["context_note"] for item in json.loads(capsys.readouterr().out))
+
+
+def test_the_full_context_says_nothing_was_dropped(capsys):
+    data = str(FIX / "hotpotqa_hf.jsonl")
+    assert main(["data", "show", "--task", "hotpotqa", "--data", data, "-n", "1"]) == 0
+    assert "context variant" not in capsys.readouterr().out
+    assert main(["data", "stats", "--task", "hotpotqa", "--data", data, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["context_note"] == ""
+
+
+def test_the_run_records_what_its_context_variant_dropped(tmp_path):
+    """final.json carries task.context_note (config.yaml has the task string, this says what
+    the string means)."""
+    import string
+
+    from tsallis_rl.models.tiny import save_tiny_model
+
+    model_dir = save_tiny_model(
+        tmp_path / "m", string.printable, hidden_size=16, num_layers=1, num_heads=2,
+        max_positions=2048,
+    )  # fmt: skip
+    row = json.loads((FIX / "hotpotqa_hf.jsonl").read_text())
+    data = tmp_path / "hotpot.jsonl"
+    data.write_text("".join(json.dumps({**row, "id": f"{row['id']}-{i}"}) + "\n" for i in range(3)))
+    out = tmp_path / "run"
+    flags = ["--task", GOLD_TASK, "--data", str(data), "--estimators", "garl:0.75"]
+    flags += ["--steps", "0", "--val-size", "0", "--test-size", "0", "--threads", "1"]
+    flags += ["--progress", "false", "--model", str(model_dir), "--out", str(out)]
+    assert main(["train", *flags]) == 0
+    final = json.loads((out / "garl_q0.75" / "final.json").read_text())
+    assert final["context_note"] == get_task(GOLD_TASK).context_note != ""

@@ -516,6 +516,7 @@ class Trainer:
             "q": self.cfg.q if self.spec.uses_q else None,
             "best_step": self.best["step"],
             "steps": self.step,
+            "context_note": self.task.context_note,  # what the task's context variant dropped
         }
         if (self.run_dir / "best").exists() and self.splits.get("test"):
             from transformers import AutoModelForCausalLM

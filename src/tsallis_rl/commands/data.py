@@ -187,6 +187,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         "task": args.task,
         "data": args.data,
         "regime": args.regime,
+        "context_note": task.context_note,
         "skipped_invalid": task.last_skipped,
         "splits": {name: split_stats(task, exs, fmt) for name, exs in splits.items()},
     }
@@ -194,6 +195,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return 0
     print(f"task {args.task}  data {args.data}  regime {args.regime}")
+    if task.context_note:
+        print(f"context variant: {task.context_note}")
     if args.skip_invalid:
         print(f"skipped invalid rows: {task.last_skipped}")
     for name, st in report["splits"].items():
@@ -215,10 +218,14 @@ def cmd_show(args: argparse.Namespace) -> int:
         for ex in exs[: max(args.n, 0)]:
             prompt = fmt.prompt_text(ex)
             shown.append({"split": name, "id": ex.id, "prompt": prompt, "target": task.target(ex)})
-    if args.json:
+    if args.json:  # the note is each item's, so a list consumer sees it without a wrapper
+        for item in shown:
+            item["context_note"] = task.context_note
         print(json.dumps(shown, indent=2, ensure_ascii=False))
         return 0
     bar = "=" * 72
+    if task.context_note:
+        print(f"task {args.task}, context variant: {task.context_note}")
     for item in shown:
         print(f"{bar}\n[{item['split']}] id {item['id']}  regime {args.regime}\n--- prompt ---")
         print(item["prompt"])

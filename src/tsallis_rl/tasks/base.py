@@ -12,6 +12,10 @@ A task turns data into `Example`s and says how to talk to the model about them:
     "default", or "paper" for the paper's literal definitions).
 Tasks are looked up by name from a registry (`get_task`), never by if/elif chains.
 
+This module holds `Task`, `Example` and the task registry; what every task shares lives beside it
+and is re-exported here: `reader` (JSON Lines / JSON array files, checked fields), `splits` (split
+files, sizes, seeded draws), `templates` (chat template, `<think>`, answer prefix).
+
 Data loading: `load(path, skip_invalid=False)` reads one file through the one shared reader
 `iter_records` (JSON Lines or a JSON array, UTF-8 with an optional BOM, no NaN/Infinity); a
 malformed file or row raises `DataError` naming the file, line and field (with
@@ -23,19 +27,56 @@ subsample of each file; see `Task.splits` for the rules).
 
 from __future__ import annotations
 
-import json
-import math
-import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tsallis_rl.errors import ConfigError, DataError
+from tsallis_rl.tasks.reader import get_field, iter_records
+from tsallis_rl.tasks.splits import (
+    DATA_SUFFIXES,
+    DEFAULT_FRACTION,
+    SPLIT_NAMES,
+    find_split_files,
+    resolve_size,
+    seeded_split,
+    split_sizes,
+    subsample,
+)
+from tsallis_rl.tasks.templates import (
+    THINK_CLOSE,
+    THINK_OPEN,
+    default_answer_prefix,
+    format_for_model,
+)
+
+# what task modules and callers import from here (homes: reader, splits, templates, errors)
+__all__ = [
+    "DATA_SUFFIXES",
+    "DEFAULT_FRACTION",
+    "REGIMES",
+    "SPLIT_NAMES",
+    "THINK_CLOSE",
+    "THINK_OPEN",
+    "ConfigError",
+    "DataError",
+    "Example",
+    "Task",
+    "default_answer_prefix",
+    "find_split_files",
+    "format_for_model",
+    "get_field",
+    "iter_records",
+    "register_task",
+    "resolve_size",
+    "seeded_split",
+    "split_sizes",
+    "subsample",
+    "text_after_think",
+]
 
 REGIMES = ("warm", "cold")
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
 
 
 @dataclass
@@ -56,242 +97,6 @@ def text_after_think(completion: str) -> str:
     return (tail if sep else completion).strip()
 
 
-# --------------------------------------------------------------------------------------------
-# Reading records (JSON array or JSON Lines) with line numbers, and checking fields
-
-
-def iter_records(path: str | Path) -> Iterator[tuple[int, Any]]:
-    """Yield (line, record) for every record of a JSON Lines file or a JSON array file.
-
-    The one reader of every file-based task. The text is UTF-8 (a leading BOM is accepted); a
-    file that is not names the line of the first bad byte. The format is sniffed from the first
-    non-blank character: `[` = one JSON array (each item's line is where the item starts),
-    anything else = JSON Lines, split on "\\n" only ("\\r\\n" tolerated; U+2028, U+2029 and U+0085
-    are legal inside JSON strings and do not end a line), blank lines skipped. `NaN`, `Infinity`
-    and numbers that overflow to infinity are not JSON and are rejected. Bad JSON raises
-    DataError with its line; in JSON Lines a bad line is yielded as a DataError instance (so that
-    callers can skip it), in an array the whole file is unusable and it is raised.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    text = _read_utf8(path)
-    start = len(text) - len(text.lstrip())
-    if start < len(text) and text[start] == "[":
-        yield from _iter_array(path, text, start)
-        return
-    for lineno, line in enumerate(text.split("\n"), 1):
-        line = line.removesuffix("\r")
-        if not line.strip():
-            continue
-        try:
-            yield lineno, _DECODER.decode(line)
-        except json.JSONDecodeError as exc:
-            yield lineno, DataError(path, lineno, None, f"bad JSON: {exc.msg} (column {exc.colno})")
-        except _NotFinite as exc:
-            yield lineno, DataError(path, lineno, None, f"bad JSON: {exc}")
-
-
-class _NotFinite(ValueError):
-    """A NaN / Infinity constant or an overflowing number (Python's json accepts both)."""
-
-
-def _reject_constant(name: str) -> Any:
-    raise _NotFinite(f"{name} is not a JSON value (numbers must be finite)")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise _NotFinite(f"number {text} overflows to infinity")
-    return value
-
-
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
-
-
-def _read_utf8(path: Path) -> str:
-    """The file's text (UTF-8, optional BOM); DataError naming the line of a non-UTF-8 byte."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        bad = data[exc.start : exc.start + 1].hex()
-        raise DataError(
-            path, line, None, f"not UTF-8 text (byte 0x{bad} at column {column}; save it as UTF-8)"
-        ) from None
-
-
-def _iter_array(path: Path, text: str, start: int) -> Iterator[tuple[int, Any]]:
-    decoder = _DECODER
-    pos, line, counted = start + 1, 1, 0
-
-    def skip_ws(i: int) -> int:
-        while i < len(text) and text[i] in " \t\r\n":
-            i += 1
-        return i
-
-    def line_at(i: int) -> int:
-        nonlocal line, counted
-        line += text.count("\n", counted, i)
-        counted = i
-        return line
-
-    pos = skip_ws(pos)
-    if pos < len(text) and text[pos] == "]":
-        return
-    while True:
-        try:
-            item, end = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
-            raise DataError(
-                path, exc.lineno, None, f"bad JSON: {exc.msg} (column {exc.colno})"
-            ) from None
-        except _NotFinite as exc:
-            raise DataError(path, line_at(pos), None, f"bad JSON: {exc}") from None
-        yield line_at(pos), item
-        pos = skip_ws(end)
-        if pos < len(text) and text[pos] == ",":
-            pos = skip_ws(pos + 1)
-            continue
-        if pos < len(text) and text[pos] == "]":
-            if text[pos + 1 :].strip():
-                raise DataError(path, line_at(pos), None, "bad JSON: extra data after the array")
-            return
-        raise DataError(path, line_at(min(pos, len(text))), None, "bad JSON: expected ',' or ']'")
-
-
-def get_field(
-    rec: Any,
-    name: str,
-    types: type | tuple[type, ...],
-    path: str | Path,
-    line: int | None,
-    *,
-    nonempty: bool = False,
-    default: Any = ...,
-) -> Any:
-    """`rec[name]`, checked: present (unless a default is given), of `types`, non-empty if asked.
-
-    Dotted names ("qa.question") walk into nested objects. Raises DataError naming the field.
-    """
-    if not isinstance(rec, dict):
-        raise DataError(path, line, None, f"expected a JSON object, got {type(rec).__name__}")
-    cur: Any = rec
-    for part in name.split("."):
-        if not isinstance(cur, dict) or part not in cur or cur[part] is None:
-            if default is not ...:
-                return default
-            raise DataError(path, line, name, "missing")
-        cur = cur[part]
-    if isinstance(cur, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-        raise DataError(path, line, name, "expected " + _type_names(types) + ", got bool")
-    if not isinstance(cur, types):
-        raise DataError(
-            path, line, name, f"expected {_type_names(types)}, got {type(cur).__name__}"
-        )
-    if nonempty and (len(cur) == 0 if not isinstance(cur, str) else not cur.strip()):
-        raise DataError(path, line, name, "empty")
-    return cur
-
-
-def _type_names(types: type | tuple[type, ...]) -> str:
-    ts = types if isinstance(types, tuple) else (types,)
-    names = {
-        str: "string",
-        int: "integer",
-        float: "number",
-        list: "list",
-        dict: "object",
-        bool: "bool",
-    }
-    return " or ".join(names.get(t, t.__name__) for t in ts)
-
-
-SPLIT_NAMES = {
-    "train": ("train",),
-    "val": ("val", "valid", "validation", "dev"),
-    "test": ("test",),
-}
-DATA_SUFFIXES = (".jsonl", ".json")
-#: val / test fraction carved from a training file when no size is given
-DEFAULT_FRACTION = 0.1
-
-
-def find_split_files(directory: str | Path) -> dict[str, Path]:
-    """Conventional split files in a directory: a `.json`/`.jsonl` file whose name (without the
-    suffix) is a split name or starts with it followed by `_`, `-` or `.`: `train`, `val` /
-    `valid` / `validation` / `dev`, `test` (e.g. `train.jsonl`, `dev_300.jsonl`,
-    `test_500_simplified.json`). Two candidates for one split is an error."""
-    directory = Path(directory)
-    found: dict[str, Path] = {}
-    for f in sorted(directory.iterdir()):
-        if not f.is_file() or f.suffix not in DATA_SUFFIXES:
-            continue
-        stem = f.name[: -len(f.suffix)].lower()
-        for split, prefixes in SPLIT_NAMES.items():
-            if any(stem == p or stem.startswith((p + "_", p + "-", p + ".")) for p in prefixes):
-                if split in found:
-                    raise DataError(
-                        directory, None, None, f"two {split} files: {found[split].name}, {f.name}"
-                    )
-                found[split] = f
-    return found
-
-
-def resolve_size(n: int, size: float | int, what: str) -> int:
-    """A split size against n examples: a float in [0, 1) is a fraction of n (rounded), an
-    integral number >= 0 is a count."""
-    if isinstance(size, float) and 0 <= size < 1:
-        return int(round(size * n))
-    if isinstance(size, (int, float)) and not isinstance(size, bool) and size >= 0:
-        if float(size).is_integer():
-            return int(size)
-    raise ConfigError(f"{what} must be a fraction in [0, 1) or a count >= 0, got {size!r}")
-
-
-def split_sizes(n: int, val_size: float | int, test_size: float | int) -> tuple[int, int]:
-    """Resolve split sizes carved from n examples (see `resolve_size`); train must keep one."""
-    v, t = resolve_size(n, val_size, "val_size"), resolve_size(n, test_size, "test_size")
-    if v + t >= n and n > 0:
-        raise ConfigError(f"val_size {v} + test_size {t} leave no training examples out of {n}")
-    return v, t
-
-
-def subsample(
-    examples: list[Example], size: float | int | None, seed: int, salt: str
-) -> list[Example]:
-    """At most `size` of `examples` (see `resolve_size`; None = all), chosen by a seeded draw
-    that depends only on (seed, salt, len(examples)), returned in file order."""
-    if size is None:
-        return list(examples)
-    n = len(examples)
-    cap = resolve_size(n, size, f"{salt}_size")
-    if cap >= n:
-        return list(examples)
-    keep = sorted(random.Random(f"{seed}/{salt}").sample(range(n), cap))
-    return [examples[i] for i in keep]
-
-
-def seeded_split(
-    examples: list[Example], val_size: float | int, test_size: float | int, seed: int
-) -> dict[str, list[Example]]:
-    """Split one list deterministically: a seeded permutation picks test, then val; each split
-    keeps the file order. Same (examples, sizes, seed) -> same splits, on any machine."""
-    n_val, n_test = split_sizes(len(examples), val_size, test_size)
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
-    test_idx = set(order[:n_test])
-    val_idx = set(order[n_test : n_test + n_val])
-    out: dict[str, list[Example]] = {"train": [], "val": [], "test": []}
-    for i, ex in enumerate(examples):
-        key = "test" if i in test_idx else "val" if i in val_idx else "train"
-        out[key].append(ex)
-    return out
-
-
 class Task:
     """Base class: subclasses set `name` and implement `load`, `build_prompt`, and may override matching."""
 
@@ -303,6 +108,9 @@ class Task:
     #: the evaluation matcher of the default match mode (`metrics.MATCH_MODES`); must accept
     #: every answer `exact_match` (the training reward) accepts
     eval_match: str = "substring"
+    #: what a context variant (a task option such as `hotpotqa?context=gold`) dropped from the
+    #: benchmark's context, one line ("" = nothing dropped); `data show|stats` and final.json say it
+    context_note: str = ""
 
     def load(self, path: str | Path | None = None, *, skip_invalid: bool = False) -> list[Example]:
         raise NotImplementedError
@@ -441,33 +249,3 @@ def register_task(name: str) -> Callable[[Callable[..., Task]], Callable[..., Ta
         return factory
 
     return deco
-
-
-def format_for_model(content: str, tokenizer: Any = None, *, chat: bool | None = None) -> str:
-    """The exact prompt text the model sees: chat template (if any) + an opened `<think>` block.
-
-    With a tokenizer that has a chat template (and chat not False), the content becomes one user
-    turn rendered with `add_generation_prompt=True` (Qwen3: `enable_thinking=True`); the template's
-    own `<think>` opener is reused when it writes one. Without a template the content is used as
-    is. Either way the prompt ends inside an open thinking block, so sampling writes the rationale.
-    """
-    use_chat = chat if chat is not None else bool(getattr(tokenizer, "chat_template", None))
-    text = content
-    if use_chat and tokenizer is not None:
-        msgs = [{"role": "user", "content": content}]
-        try:
-            text = tokenizer.apply_chat_template(
-                msgs, tokenize=False, add_generation_prompt=True, enable_thinking=True
-            )
-        except TypeError:
-            text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    if text.rstrip().endswith(THINK_OPEN):
-        return text
-    return text + THINK_OPEN
-
-
-def default_answer_prefix(tokenizer: Any = None, *, chat: bool | None = None) -> str:
-    """Text between `</think>` and the answer when none is set: "\n\n" for chat-template prompts
-    (Qwen3's own layout), "" without a template. One rule for the own trainer and the TRL adapter."""
-    use_chat = chat if chat is not None else bool(getattr(tokenizer, "chat_template", None))
-    return "\n\n" if use_chat else ""

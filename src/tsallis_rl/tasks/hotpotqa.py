@@ -144,8 +144,6 @@ class ParagraphQATask(Task):
     """Shared by the paragraph QA tasks: SQuAD-style normalisation, word-boundary substring match."""
 
     warm_texts: tuple[str, ...] = ()
-    #: what the task's context variant dropped from the benchmark's context ("" = nothing)
-    context_note: str = ""
 
     def instruction_texts(self) -> list[str]:
         """The warm-only instruction strings (cold prompts must contain none of them)."""
