@@ -362,14 +362,15 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (val_ax, train_ax) = plt.subplots(1, 2, figsize=(9, 3.2))
-    for r in rows:
-        name = r["row"].split(",")[0]
+    for i, r in enumerate(rows):  # one colour per row in both panels
+        name, color = r["row"].split(",")[0], f"C{i % 10}"
         if r["curve"]:
-            val_ax.plot([c[0] for c in r["curve"]], [c[2] for c in r["curve"]], "o-", label=name)
+            val_ax.plot([c[0] for c in r["curve"]], [c[2] for c in r["curve"]], "o-", label=name,
+                        color=color)  # fmt: skip
         points = [t for t in r.get("train_curve", []) if "mean_log_w_bar" in t]
         if points:
             train_ax.plot([t["step"] for t in points], [t["mean_log_w_bar"] for t in points],
-                          ".-", label=name)  # fmt: skip
+                          ".-", label=name, color=color)  # fmt: skip
     val_ax.set(title="validation: mean log P-hat of y*", xlabel="step")
     train_ax.set(title="training batch: mean log P-hat", xlabel="step")
     for ax in (val_ax, train_ax):
