@@ -261,7 +261,7 @@ def test_splits_from_one_file_and_from_a_directory(tmp_path):
     three = task.splits(tmp_path, val_size=4, seed=1)
     assert {k: len(v) for k, v in three.items()} == {"train": 20, "val": 1, "test": 10}
     (tmp_path / "validation.json").write_text("[]")
-    with pytest.raises(DataError, match="two val files"):
+    with pytest.raises(DataError, match="two val files: .*; name the file to use"):
         task.splits(tmp_path)
     only_test = tmp_path / "only_test"
     only_test.mkdir()

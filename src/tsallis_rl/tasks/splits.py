@@ -39,7 +39,11 @@ def find_split_files(directory: str | Path) -> dict[str, Path]:
             if any(stem == p or stem.startswith((p + "_", p + "-", p + ".")) for p in prefixes):
                 if split in found:
                     raise DataError(
-                        directory, None, None, f"two {split} files: {found[split].name}, {f.name}"
+                        directory,
+                        None,
+                        None,
+                        f"two {split} files: {found[split].name}, {f.name}; name the file to use"
+                        f" (e.g. --data {directory / f.name})",
                     )
                 found[split] = f
     return found
