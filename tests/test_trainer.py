@@ -214,3 +214,23 @@ def test_q_schedules():
 def test_estimators_used_by_trainer_come_from_the_registry():
     assert get_estimator_spec("garl").inputs == "teacher_forced"
     assert get_estimator_spec("grpo").inputs == "sampled_reward"
+
+
+@pytest.mark.parametrize("metric", ["m@k", "p@1", "log_p_hat"])
+def test_the_tested_checkpoint_is_the_first_best_on_the_chosen_validation_metric(
+    tmp_path, tiny_model_dir, metric
+):
+    import json
+
+    trainer = _trainer(
+        tmp_path, tiny_model_dir, steps=3, eval_every=1, select_metric=metric, lr=3e-3
+    )
+    final = trainer.fit()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    key = "m@2" if metric == "m@k" else metric
+    evals = [(r["step"], r[key]) for r in rows if r.get("kind") == "eval" and r["split"] == "val"]
+    assert [s for s, _ in evals] == [0, 1, 2, 3]
+    top = max(v for _, v in evals)
+    assert final["best_step"] == next(s for s, v in evals if v == top)
+    if metric == "log_p_hat":  # a continuous score: the steps' values differ, so it truly chose
+        assert len({v for _, v in evals}) == len(evals)

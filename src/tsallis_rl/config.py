@@ -145,6 +145,13 @@ class TrainConfig:
     )
     eval_k: int = _opt(16, "samples per example for p@k / m@k")
     eval_temperature: float = _opt(1.0, "sampling temperature for evaluation")
+    select_metric: str = _opt(
+        "m@k",
+        "validation metric that picks the checkpoint tested at the end (best/): m@k = majority "
+        "vote over eval_k samples; p@1; log_p_hat = mean log P-hat of the gold answer, which "
+        "moves long before any accuracy does in a cold start (ties keep the earlier step)",
+        ("m@k", "p@1", "log_p_hat"),
+    )
     match: str = _opt(
         "default",
         "matching (metrics.MATCH_MODES): default = the task's exact match as reward and its "

@@ -112,7 +112,7 @@ class Trainer:
         self.step = 0
         self.elapsed_before = 0.0  # seconds spent before a resume, so wall_seconds covers the run
         self._started = time.time()
-        self.best: dict[str, Any] = {"step": -1, "score": -1.0}
+        self.best: dict[str, Any] = {"step": -1, "score": float("-inf")}
         self._saved_step = -1  # the step of the newest checkpoint written or loaded
         self.loggers = Loggers(self.run_dir, cfg, self.run_dir.name) if self.is_main else None
         self._gold_cache: dict[str, list[int]] = {}
@@ -453,7 +453,7 @@ class Trainer:
             not resumed and self.loggers
         ):  # a fresh start (e.g. one killed before its first checkpoint)
             self.loggers.truncate_after(-1)
-        mkey = f"m@{cfg.eval_k}"
+        mkey = f"m@{cfg.eval_k}" if cfg.select_metric == "m@k" else cfg.select_metric
         if not resumed and cfg.val_size and self.splits.get("val"):
             self._eval_and_log(mkey)  # step 0: the cold-start baseline
         bar = tqdm(
@@ -493,7 +493,7 @@ class Trainer:
     def _eval_and_log(self, mkey: str) -> None:
         """Every rank evaluates its share; rank 0 decides on a new best and tells the others."""
         res = self.evaluate("val")
-        score_ = res.summary.get(mkey, 0.0)
+        score_ = float(res.summary[mkey])
         better = [score_ > self.best["score"]]
         if self.accelerator is not None and self.accelerator.num_processes > 1:
             from accelerate.utils import broadcast_object_list
