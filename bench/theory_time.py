@@ -27,7 +27,8 @@ def main() -> int:
             "all",
             "--out",
             str(out),
-            "--no-progress",
+            "--progress",
+            "false",
         ]
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
