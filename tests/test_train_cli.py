@@ -411,6 +411,32 @@ def test_two_process_launch_trains_one_run_with_one_log(tmp_path, tiny_model_dir
     assert json.loads((out / "summary.json").read_text())[0]["method"] == "garl_q0.75"
 
 
+@pytest.mark.slow
+def test_every_rank_leaves_the_process_group_when_the_suite_ends(tmp_path, tiny_model_dir):
+    """Under torchrun, run_suite returns on each rank only after all ranks finished (a barrier) and
+    with the gloo group destroyed, so no rank exits while another still saves."""
+    script = tmp_path / "suite_then_check.py"
+    script.write_text(
+        "import argparse, sys\n"
+        "import torch.distributed as dist\n"
+        "from tsallis_rl.config import add_arguments, from_args\n"
+        "from tsallis_rl.suite import run_suite\n"
+        "p = argparse.ArgumentParser(); add_arguments(p)\n"
+        "run_suite(from_args(p.parse_args(sys.argv[1:])))\n"
+        "print('initialized after the suite:', dist.is_initialized())\n"
+    )
+    torchrun = Path(sys.executable).parent / "torchrun"
+    args = [
+        str(torchrun), "--standalone", "--nproc_per_node", "2", str(script),
+        "--model", str(tiny_model_dir), "--estimators", "garl:0.75", "--steps", "1",
+        "--out", str(tmp_path / "run"), *SMALL,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("initialized after the suite: False") == 2, proc.stdout
+
+
 def test_tensorboard_logging_writes_train_and_eval_scalars(tmp_path, tiny_model_dir):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -153,6 +153,8 @@ def run_suite(cfg: TrainConfig) -> list[dict[str, Any]]:
             accelerator=accelerator,
         )
     )  # fmt: skip
+    if accelerator is not None:
+        _close_process_group(accelerator)
     if not is_main:
         return []  # rank > 0 under accelerate: the main process reports
     ordered = [
@@ -398,6 +400,16 @@ def train_run(
         cfg, run_dir, model_path=model_path, accelerator=accelerator, position=position
     )
     return trainer.fit()
+
+
+def _close_process_group(accelerator: Any) -> None:
+    """Every rank waits until all have finished training and saving, then leaves the process
+    group: a rank that exits while another still uses gloo can abort it mid-save."""
+    import torch.distributed as dist
+
+    accelerator.wait_for_everyone()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _maybe_accelerator(cfg: TrainConfig) -> Any:
