@@ -326,26 +326,9 @@ def test_recipe_overrides_compose_against_verls_config(tmp_path):
     """examples/verl/run_garl_qwen3_0.6b.sh: every override exists in verl's config and selects us."""
     from hydra import compose, initialize_config_dir
     from verl.utils.config import omega_conf_to_dataclass
+    from verl_launch import recorded_launch
 
-    root = Path(__file__).resolve().parents[1]
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "python3").write_text('#!/usr/bin/env bash\nshift 2\nprintf "%s\\n" "$@" > "$RECORD"\n')
-    (fake / "python3").chmod(0o755)
-    record = tmp_path / "args.txt"
-    env = {
-        **os.environ,
-        "PATH": f"{fake}:{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-        "RECORD": str(record),
-        "TASK": "jsonl",
-        "DATA": str(root / "tests" / "fixtures" / "verl" / "qa.jsonl"),
-        "OUT": str(tmp_path / "data"),
-        "OMP_NUM_THREADS": "1",
-    }
-    script = root / "examples" / "verl" / "run_garl_qwen3_0.6b.sh"
-    run = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-2000:]
-    overrides = record.read_text().splitlines()
+    overrides = recorded_launch(tmp_path)[2:]  # after `-m <module>`
     config_dir = Path(verl.__file__).parent / "trainer" / "config"
     with initialize_config_dir(config_dir=str(config_dir), version_base=None):
         cfg = compose(config_name="ppo_trainer", overrides=overrides)

@@ -24,12 +24,9 @@ pytest.importorskip("cachetools")  # verl's ray_trainer imports it (the `verl` e
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf, open_dict  # noqa: E402
+from verl_launch import FIXTURE, recorded_launch  # noqa: E402
 
 from tsallis_rl.integrations import verl_trainer as vt  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "examples" / "verl" / "run_garl_qwen3_0.6b.sh"
-FIXTURE = ROOT / "tests" / "fixtures" / "verl" / "qa.jsonl"
 
 
 def test_verl_trainer_entry_points_import_in_the_extras_environment():
@@ -66,28 +63,6 @@ def test_hydra_finds_verls_config_from_our_entry_point():
     assert "tsallis_weight: teacher_forced" in out.stdout and "ppo_mini_batch_size" in out.stdout
 
 
-def example_overrides(tmp_path: Path, **env_over: str) -> list[str]:
-    """The verl overrides the example script passes (python3 replaced by a recorder)."""
-    fake = tmp_path / "bin"
-    fake.mkdir(exist_ok=True)
-    (fake / "python3").write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$RECORD"\n')
-    (fake / "python3").chmod(0o755)
-    record = tmp_path / "args.txt"
-    env = {
-        **os.environ,
-        "PATH": f"{fake}:{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-        "RECORD": str(record),
-        "TASK": "jsonl",
-        "DATA": str(FIXTURE),
-        "OUT": str(tmp_path / "data"),
-        "OMP_NUM_THREADS": "1",
-        **env_over,
-    }
-    run = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-2000:]
-    return record.read_text().splitlines()
-
-
 def composed(overrides: list[str]):
     config_dir = Path(verl.__file__).parent / "trainer" / "config"
     with initialize_config_dir(config_dir=str(config_dir), version_base=None):
@@ -99,7 +74,7 @@ def tf_args(tmp_path_factory):
     """The example's teacher-forced launch on a cold start (which reward weights refuse): the
     module it runs and its overrides."""
     tmp = tmp_path_factory.mktemp("example")
-    args = example_overrides(tmp, WEIGHT="teacher_forced", REGIME="cold")
+    args = recorded_launch(tmp, WEIGHT="teacher_forced", REGIME="cold")
     assert args[:2] == ["-m", "tsallis_rl.integrations.verl_trainer"]
     assert (tmp / "data" / "train.parquet").is_file()  # exported, not refused
     return args[2:]
