@@ -30,7 +30,7 @@ examples would drive p~ -> 1 at every q > 0 (only the time to get there depends 
 cannot tell corrupted examples apart sees the task's rule with frequency 1 - eps and wrong answers
 with frequency eps, the theory's setting (with the noise mass spread over many wrong sums). The
 report shows the measured end-of-run p~ and 1 - P-hat(clean) beside (eps/(1-eps))^(1/q) (the final
-q for a schedule) and the exact root (`dynamics.noise.equilibrium_contamination`).
+q for a schedule) and the exact root of the drift (`theory_contamination`).
 
 Collapse: a run whose validation p@1 peaks at >= `collapse_min_peak` and later falls below
 `collapse_fraction` x its peak at some evaluation has collapsed, at the first such step.
@@ -50,7 +50,6 @@ from torch import Tensor
 
 from tsallis_rl import escape_study
 from tsallis_rl.config import TrainConfig
-from tsallis_rl.dynamics.noise import equilibrium_contamination
 from tsallis_rl.errors import ConfigError
 from tsallis_rl.estimators import get_estimator_spec
 from tsallis_rl.evaluation import eval_seed, example_seed
@@ -212,11 +211,16 @@ def collapse_step(
 
 
 def theory_contamination(q: float, eps: float) -> dict[str, float]:
-    """Prop. C.2's equilibrium contamination: the approximation (eps/(1-eps))^(1/q) and the exact
-    root of the drift (`equilibrium_contamination`); both 0 at eps = 0 or q = 0."""
+    """Prop. C.2's equilibrium contamination for label-noise frequency eps at commitment q.
+
+    "approx": (eps/(1-eps))^(1/q), the form the paper states; "exact": the root p~* of the drift
+    eps p~^-q = (1-eps)(1-p~)^-q, i.e. p~*/(1-p~*) = (eps/(1-eps))^(1/q) (the escort minimiser;
+    = eps at q = 1). Both 0 at eps = 0 or q = 0.
+    """
     if eps == 0.0 or q == 0.0:
         return {"approx": 0.0, "exact": 0.0}
-    return {"approx": (eps / (1 - eps)) ** (1 / q), "exact": equilibrium_contamination(q, eps)}
+    ratio = (eps / (1 - eps)) ** (1 / q)
+    return {"approx": ratio, "exact": ratio / (1 + ratio)}
 
 
 # --------------------------------------------------------------------------------------------------
