@@ -118,6 +118,9 @@ def test_grid_runs_every_constant_q_and_schedule_with_the_trainers_schedule_opti
         None,
         "chainsum?dial=2&noise=0",
     )
+    both = NoiseStudyConfig(regimes=["warm", "cold"], noise=[0.4], seeds=[0]).grid()
+    scheduled = {r["regime"] for r in both if r["q_schedule"] != "constant"}
+    assert scheduled == {"cold"} and len(both) == 2 * 4 + 2 * 6  # schedules: cold by default
     warm = NoiseStudyConfig(regimes=["warm"], noise=[0.4]).train_configs(Path("/tmp/x"))
     assert all(c.task == "chainsum?answer_form=warm&noise=0.4" and c.regime == "warm"
                for c in warm.values())  # fmt: skip
@@ -150,7 +153,7 @@ def test_study_noise_trains_through_the_escape_studys_pool_and_writer(
     out = tmp_path / "out"
     flags = [
         "--model", str(tiny_model_dir), "--q", "1", "--noise", "0,0.5", "--estimators", "garl",
-        "--regime", "warm", "--schedules", "linear", "--steps", "2", "--eval-every", "1",
+        "--regime", "warm", "--schedules", "linear", "--schedule-regimes", "warm", "--steps", "2", "--eval-every", "1",
         "--train-size", "8", "--val-size", "2", "--eval-k", "2", "--workers", "1", "--threads", "1",
     ]  # fmt: skip
     assert main(["study", "noise", "--out", str(out), *flags]) == 0
@@ -177,7 +180,31 @@ def test_study_noise_trains_through_the_escape_studys_pool_and_writer(
         clean["memo"]["step"] == [] and not (out / "runs" / clean["tag"] / "noise.jsonl").exists()
     )
     assert "Noise study" in (out / "report.md").read_text()
+    from tsallis_rl.noise_study import reanalyse
+
+    cfg = NoiseStudyConfig(**json.loads(json.dumps(calls["train_grid"][0][0][0].to_dict())))
+    assert reanalyse(cfg, results)["settings"] == results["settings"]  # from the stored curves
     # --resume keeps the finished runs (no training)
     monkeypatch.setattr(suite, "train_run", lambda *a, **k: pytest.fail("retrained"))
     monkeypatch.setattr("tsallis_rl.noise_study.noise_train_run", lambda *a, **k: pytest.fail("x"))
     assert main(["study", "noise", "--out", str(out), *flags, "--resume"]) == 0
+
+
+def test_bench_presets_are_valid_study_flags_and_the_hour_preset_has_the_sized_180_runs():
+    import argparse
+    import importlib.util
+
+    from tsallis_rl.commands.study import build_config, register
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "noise_study.py"
+    spec = importlib.util.spec_from_file_location("bench_noise_study", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    sizes = {}
+    for name, flags in bench.PRESETS.items():
+        cfg = build_config(parser.parse_args(["study", "noise", "--out", "/tmp/x", *flags]))
+        sizes[name] = len(cfg.grid())
+    assert sizes["hour"] == 72 + 108  # the docstring's sizing arithmetic
+    assert sizes["smoke"] == 8 + 12

@@ -237,8 +237,9 @@ class NoiseStudyConfig:
 
     Warm = the warm prompt and the warm answer `A:<sum>` the base model already writes (p0 ~ 1);
     cold = the cold prompt with the chain-sum dial `cold_dial`'s answer (dial 2: p0 ~ e^-22).
-    Every constant q and every schedule (q_start -> q_end; the step schedule switches at
-    `switch_step`, default steps // 2) runs for every estimator x eps x regime x seed.
+    Every constant q runs for every estimator x eps x regime x seed, every schedule (q_start ->
+    q_end; the step schedule switches at `switch_step`, default steps // 2) for those in the
+    `schedule_regimes` (default cold: the issue's question is escape + staying clean).
     The training split is small (`train_size`) so that each corrupted example is seen many times;
     the memorisation probe takes the first `val_size` corrupted examples.
     """
@@ -248,6 +249,7 @@ class NoiseStudyConfig:
     estimators: list[str] = field(default_factory=lambda: ["garl", "paft"])
     regimes: list[str] = field(default_factory=lambda: ["warm", "cold"])
     schedules: list[str] = field(default_factory=lambda: ["linear", "step"])
+    schedule_regimes: list[str] = field(default_factory=lambda: ["cold"])
     q_start: float = 1.0
     q_end: float = 0.25
     switch_step: int | None = None
@@ -284,6 +286,7 @@ class NoiseStudyConfig:
                 raise ConfigError(f"--{name}: every q must lie in [0, 1], got {bad}")
         for name, values, known in (
             ("regime", self.regimes, REGIMES), ("schedules", self.schedules, SCHEDULES),
+            ("schedule-regimes", self.schedule_regimes, REGIMES),
         ):  # fmt: skip
             unknown = [v for v in values if v not in known]
             if unknown:
@@ -330,6 +333,8 @@ class NoiseStudyConfig:
         for regime in self.regimes:
             for est in self.estimators:
                 for qs in self.q_settings():
+                    if qs["q_schedule"] != "constant" and regime not in self.schedule_regimes:
+                        continue
                     for eps in self.noise:
                         for seed in self.seeds:
                             method = run_tag(est, qs["q"], True, qs["q_schedule"], qs["q_end"])
@@ -398,6 +403,15 @@ def analyse(cfg: NoiseStudyConfig, out: Path) -> dict[str, Any]:
     return summarise(cfg, runs)
 
 
+def reanalyse(cfg: NoiseStudyConfig, results: dict[str, Any]) -> dict[str, Any]:
+    """`analyse` again from a results.json's stored runs (their curves) with cfg's thresholds;
+    no run is needed."""
+    out = summarise(cfg, [dict(r) for r in results["runs"]])
+    if "wall_seconds" in results:
+        out["wall_seconds"] = results["wall_seconds"]
+    return out
+
+
 def summarise(cfg: NoiseStudyConfig, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """End-of-run numbers of each run (escape, collapse, final p~) and the means per setting."""
     for r in runs:
@@ -444,9 +458,9 @@ _f = escape_study._f
 def settings_table(settings: list[dict[str, Any]]) -> str:
     """Markdown table of every setting: accuracy, escape, collapse, memorisation beside theory."""
 
-    def pm(row: dict[str, Any], key: str) -> str:
+    def pm(row: dict[str, Any], key: str, spec: str = ".2f") -> str:
         sd = row.get(key + "_sd")
-        return _f(row[key], ".2f") + (f" ± {sd:.2f}" if sd is not None else "")
+        return _f(row[key], spec) + (f" ± {sd:{spec}}" if sd is not None else "")
 
     rows = [
         "| regime | method | eps | final q | final val p@1 | peak p@1 | escaped (median step) "
@@ -460,7 +474,8 @@ def settings_table(settings: list[dict[str, Any]]) -> str:
         rows.append(
             f"| {s['regime']} | {s['method']} | {s['eps']:g} | {s['final_q']:g} | {pm(s, 'final_p1')} "
             f"| {pm(s, 'peak')} | {esc} | {s['collapsed']}/{s['runs']} "
-            f"| {pm(s, 'final_p_noisy') if noisy else '-'} | {pm(s, 'final_p_clean') if noisy else '-'} "
+            f"| {pm(s, 'final_p_noisy', '.2g') if noisy else '-'} "
+            f"| {pm(s, 'final_p_clean', '.2g') if noisy else '-'} "
             f"| {s['theory']['approx']:.3g} | {s['theory']['exact']:.3g} | {s['runs']} |"
         )
     return "\n".join(rows)
@@ -483,7 +498,7 @@ def run_table(runs: list[dict[str, Any]]) -> str:
         rows.append(
             f"| {r['tag']} | {esc} | {_f(r['peak'], '.2f')} ({r['peak_step']}) "
             f"| {r['collapse_step'] if r['collapsed'] else '-'} | {r['final_p1']:.2f} "
-            f"| {_f(r['final_p_noisy'], '.3f')} | {_f(r['final_p_clean'], '.3f')} "
+            f"| {_f(r['final_p_noisy'], '.2g')} | {_f(r['final_p_clean'], '.2g')} "
             f"| {_f(r['final_memo_rationale_correct'], '.2f')} |"
         )
     return "\n".join(rows)
@@ -495,7 +510,7 @@ def report_markdown(cfg: NoiseStudyConfig, results: dict[str, Any]) -> str:
 
 {", ".join(e.upper() for e in cfg.estimators)} on chain-sum with `?noise=eps` (a seeded fraction eps
 of the {cfg.train_size} training examples carries a wrong sum of the same number of digits, fixed
-for the run; validation is clean). Grid: q = {cfg.q} and schedules [{sched}] x eps = {cfg.noise}
+for the run; validation is clean). Grid: q = {cfg.q} (and schedules [{sched}] in {cfg.schedule_regimes}) x eps = {cfg.noise}
 x regime = {cfg.regimes} x seeds {cfg.seeds}; {cfg.steps} steps of {cfg.optimizer} at lr {cfg.lr:g},
 clipping {cfg.max_grad_norm or "off"}. Warm: warm prompt and the answer `A:<sum>` the base model
 writes; cold: cold prompt, chain-sum dial {cfg.cold_dial}'s answer. Every {cfg.eval_every} steps:
@@ -527,8 +542,12 @@ Plots: `memorisation.png` (final p~ against final q per eps, runs as dots, the t
 """
 
 
+FLOOR = 1e-8  # smaller probabilities are drawn at the floor of the log axis
+
+
 def plot_memorisation(cfg: NoiseStudyConfig, results: dict[str, Any], path: Path) -> None:
-    """Final p~ against the final q, one panel per (regime, eps > 0), with the theory line."""
+    """Final p~ = P(noisy label) and 1 - P(clean label) on the corrupted examples against the
+    final q, one panel per (regime, eps > 0), with the theory's curves."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -545,20 +564,28 @@ def plot_memorisation(cfg: NoiseStudyConfig, results: dict[str, Any], path: Path
             for est in cfg.estimators:
                 group = [r for r in results["runs"] if r["regime"] == regime and r["eps"] == eps
                          and r["estimator"] == est and r["final_p_noisy"] is not None]  # fmt: skip
-                const = [r for r in group if r["q_schedule"] == "constant"]
-                sched = [r for r in group if r["q_schedule"] != "constant"]
-                ax.scatter([r["final_q"] for r in const], [r["final_p_noisy"] for r in const],
-                           color=colors[est], s=18, label=f"{est} constant q")  # fmt: skip
-                if sched:
-                    ax.scatter([r["final_q"] for r in sched], [r["final_p_noisy"] for r in sched],
-                               color=colors[est], marker="x", s=30, label=f"{est} schedule (final q)")  # fmt: skip
+                for kind, marker in (("constant", "o"), ("schedule", "x")):
+                    pts = [
+                        r for r in group if (r["q_schedule"] == "constant") == (kind == "constant")
+                    ]
+                    if not pts:
+                        continue
+                    qs = [r["final_q"] for r in pts]
+                    ax.scatter(qs, [max(r["final_p_noisy"], FLOOR) for r in pts], marker=marker,
+                               color=colors[est], s=22, label=f"{est} {kind}: P(noisy)")  # fmt: skip
+                    ax.scatter(qs, [max(1 - r["final_p_clean"], FLOOR) for r in pts], marker="s",
+                               facecolors="none", edgecolors=colors[est], s=22,
+                               label=f"{est} {kind}: 1 - P(clean)")  # fmt: skip
             if eps > 0:
                 ax.plot(grid, [theory_contamination(q, eps)["approx"] for q in grid], "k--", lw=1,
                         label="theory (eps/(1-eps))^(1/q)")  # fmt: skip
-            ax.set_yscale("symlog", linthresh=1e-3)
+                ax.plot(grid, [theory_contamination(q, eps)["exact"] for q in grid], "k:", lw=1,
+                        label="theory exact root")  # fmt: skip
+            ax.set_yscale("log")
+            ax.set_ylim(FLOOR / 2, 1.5)
             ax.set_title(f"{regime}, eps = {eps:g}", fontsize=9)
             ax.set_xlabel("q (final)")
-            ax.set_ylabel("p~ = P(noisy label) on corrupted examples")
+            ax.set_ylabel("contamination (corrupted examples)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=6)
     fig.tight_layout()

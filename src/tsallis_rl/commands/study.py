@@ -79,7 +79,7 @@ ESCAPE_HELPS = {
 
 NOISE_FLAGS = {
     "q": "q", "noise": "noise", "estimators": "estimators", "regime": "regimes",
-    "schedules": "schedules", "q_start": "q_start", "q_end": "q_end",
+    "schedules": "schedules", "schedule_regimes": "schedule_regimes", "q_start": "q_start", "q_end": "q_end",
     "switch_step": "switch_step", "seeds": "seeds", "cold_dial": "cold_dial",
     "optimizer": "optimizer", "lr": "lr", "max_grad_norm": "max_grad_norm", "steps": "steps",
     "eval_every": "eval_every", "train_size": "train_size", "val_size": "val_size",
@@ -94,6 +94,7 @@ NOISE_HELPS = {
     "estimators": "q estimators, e.g. garl,paft", "regimes": "warm and/or cold",
     "schedules": "q schedules from --q-start to --q-end (linear, step, cosine; the trainer's "
     "--q-schedule values); an empty value runs none",
+    "schedule_regimes": "the regimes the schedules run in",
     "q_start": "first q of every schedule", "q_end": "final q of every schedule",
     "switch_step": "step schedule: the step q becomes q_end (default steps // 2)",
     "cold_dial": "chain-sum dial of the cold regime's answer", "optimizer": "adam, adamw, sgd",
