@@ -266,6 +266,7 @@ class NoiseStudyConfig:
     collapse_fraction: float = 0.5
     collapse_min_peak: float = 0.2
     escape_p1: float = 0.5
+    memo_threshold: float = 0.01
     workers: int = 2
     threads: int = 2
     model: str | None = None
@@ -426,6 +427,12 @@ def summarise(cfg: NoiseStudyConfig, runs: list[dict[str, Any]]) -> dict[str, An
         r["final_p_noisy"], r["final_p_clean"] = last["p_noisy"], last["p_clean"]
         r["final_memo_rationale_correct"] = last["rationale_correct"]
         r["theory"] = theory_contamination(r["final_q"], r["eps"])
+        r["memo_onset"] = None  # first probe with mean P(noisy) >= memo_threshold
+        if memo["step"]:
+            onset = escape_study.escape_time(
+                np.array(memo["step"]), np.array(memo["p_noisy"]), cfg.memo_threshold
+            )
+            r["memo_onset"] = dataclasses.asdict(onset)
     settings = []
     keys = ("final_p1", "peak", "final_p_noisy", "final_p_clean", "final_rationale_correct")
     seen: dict[tuple, list[dict[str, Any]]] = {}
@@ -443,6 +450,10 @@ def summarise(cfg: NoiseStudyConfig, runs: list[dict[str, Any]]) -> dict[str, An
         escaped = [g["escape_p1"]["step"] for g in group if not g["escape_p1"]["censored"]]
         row["escaped"] = len(escaped)
         row["escape_step_median"] = float(np.median(escaped)) if escaped else None
+        onsets = [g["memo_onset"] for g in group if g["memo_onset"] is not None]
+        reached = [o["step"] for o in onsets if not o["censored"]]
+        row["memorised"] = len(reached) if onsets else None
+        row["memo_step_median"] = float(np.median(reached)) if reached else None
         row["theory"] = group[0]["theory"]
         settings.append(row)
     return {"runs": runs, "settings": settings}
@@ -465,18 +476,21 @@ def settings_table(settings: list[dict[str, Any]]) -> str:
     rows = [
         "| regime | method | eps | final q | final val p@1 | peak p@1 | escaped (median step) "
         "| collapsed | final p~ (noisy) | final P(clean) on corrupted | theory (eps/(1-eps))^(1/q) "
-        "| theory exact root | runs |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| theory exact root | p~ reached threshold (median step) | runs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in settings:
         esc = f"{s['escaped']}/{s['runs']} ({_f(s['escape_step_median'], '.0f')})"
         noisy = s["eps"] > 0
+        memo = "-"
+        if s.get("memorised") is not None:
+            memo = f"{s['memorised']}/{s['runs']} ({_f(s['memo_step_median'], '.0f')})"
         rows.append(
             f"| {s['regime']} | {s['method']} | {s['eps']:g} | {s['final_q']:g} | {pm(s, 'final_p1')} "
             f"| {pm(s, 'peak')} | {esc} | {s['collapsed']}/{s['runs']} "
             f"| {pm(s, 'final_p_noisy', '.2g') if noisy else '-'} "
             f"| {pm(s, 'final_p_clean', '.2g') if noisy else '-'} "
-            f"| {s['theory']['approx']:.3g} | {s['theory']['exact']:.3g} | {s['runs']} |"
+            f"| {s['theory']['approx']:.3g} | {s['theory']['exact']:.3g} | {memo} | {s['runs']} |"
         )
     return "\n".join(rows)
 
@@ -485,21 +499,24 @@ def run_table(runs: list[dict[str, Any]]) -> str:
     """Markdown table of every run's end-of-run numbers."""
     rows = [
         "| run | escape step (p@1) | peak p@1 (step) | collapse step | final val p@1 "
-        "| final p~ | final P(clean) | probe rationales correct |",
-        "|---|---|---|---|---|---|---|---|",
+        "| final p~ | final P(clean) | probe rationales correct | memorisation step |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def show(e: dict[str, Any] | None) -> str:
+        if e is None:
+            return "-"
+        if e["censored"]:
+            return f">{e['step']}"
+        return f"<={e['step']}" if e["before_start"] else str(e["step"])
+
     for r in runs:
-        e = r["escape_p1"]
-        esc = (
-            f">{e['step']}"
-            if e["censored"]
-            else (f"<={e['step']}" if e["before_start"] else str(e["step"]))
-        )
+        esc = show(r["escape_p1"])
         rows.append(
             f"| {r['tag']} | {esc} | {_f(r['peak'], '.2f')} ({r['peak_step']}) "
             f"| {r['collapse_step'] if r['collapsed'] else '-'} | {r['final_p1']:.2f} "
             f"| {_f(r['final_p_noisy'], '.2g')} | {_f(r['final_p_clean'], '.2g')} "
-            f"| {_f(r['final_memo_rationale_correct'], '.2f')} |"
+            f"| {_f(r['final_memo_rationale_correct'], '.2f')} | {show(r.get('memo_onset'))} |"
         )
     return "\n".join(rows)
 
@@ -526,6 +543,8 @@ label with frequency eps: contamination settles at p~* with p~*/(1 - p~*) = (eps
 cannot single out the corrupted inputs; a model that memorises each example would instead send
 p~ -> 1 on them at every q > 0.
 **Escape**: first evaluation with val p@1 >= {cfg.escape_p1} (`escape_study.escape_time`).
+**Memorisation step**: first probe with p~ >= {cfg.memo_threshold} (the same detector; the theory's
+time to a contamination eta << p~* is Theta(eta^(q+1) / ((q+1) eps)): sooner at higher q).
 **Collapse**: val p@1 peaks at >= {cfg.collapse_min_peak} and later falls below
 {cfg.collapse_fraction} x the peak.
 

@@ -84,7 +84,8 @@ NOISE_FLAGS = {
     "optimizer": "optimizer", "lr": "lr", "max_grad_norm": "max_grad_norm", "steps": "steps",
     "eval_every": "eval_every", "train_size": "train_size", "val_size": "val_size",
     "eval_k": "eval_k", "collapse_fraction": "collapse_fraction",
-    "collapse_min_peak": "collapse_min_peak", "escape_p1": "escape_p1", "workers": "workers",
+    "collapse_min_peak": "collapse_min_peak", "escape_p1": "escape_p1",
+    "memo_threshold": "memo_threshold", "workers": "workers",
     "threads": "threads", "model": "model",
 }  # fmt: skip
 
@@ -105,6 +106,7 @@ NOISE_HELPS = {
     "collapse_fraction": "collapse: val p@1 falls below this x its peak after the peak",
     "collapse_min_peak": "collapse: only from a peak p@1 >= this",
     "escape_p1": "escape: first evaluation with val p@1 >= this",
+    "memo_threshold": "memorisation step: first probe with mean P(noisy label) >= this",
 }  # fmt: skip
 
 STUDIES = {
