@@ -79,7 +79,8 @@ ESCAPE_HELPS = {
 
 NOISE_FLAGS = {
     "q": "q", "noise": "noise", "estimators": "estimators", "regime": "regimes",
-    "schedules": "schedules", "schedule_regimes": "schedule_regimes", "q_start": "q_start", "q_end": "q_end",
+    "schedules": "schedules", "schedule_regimes": "schedule_regimes", "q_start": "q_start",
+    "q_end": "q_end",
     "switch_step": "switch_step", "seeds": "seeds", "cold_dial": "cold_dial",
     "optimizer": "optimizer", "lr": "lr", "max_grad_norm": "max_grad_norm", "steps": "steps",
     "eval_every": "eval_every", "train_size": "train_size", "val_size": "val_size",
