@@ -257,13 +257,12 @@ def train_pool(
 ) -> dict[str, dict[str, Any]]:
     """Train every job from `model_path`; returns final.json content by job name.
 
-    `runner` (default `train_run`; module level, so that it pickles) trains one job; a study that
-    probes its runs passes its own (noise_study.noise_train_run).
-
     The one worker pool: with `workers` > 1 (CPU only; callers pass 1 on GPU or under
     accelerate), up to that many runs train side by side in spawned processes with the
     `threads` split between them, silent, while this process draws one combined progress bar;
-    otherwise they train one after another here with all `threads`.
+    otherwise they train one after another here with all `threads`. `runner` (default
+    `train_run`; module level, so that it pickles) trains one job; a study that probes its runs
+    passes its own (noise_study.noise_train_run).
     """
     workers = min(workers, len(jobs))
     runner = runner or train_run
@@ -387,7 +386,7 @@ def build_trainer(
     model_cfg = cfg if model_path is None else dataclasses.replace(cfg, model=model_path)
     model, tokenizer = load_model(model_cfg, device, dtype)
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    if task.noise:
+    if task.noise and (accelerator is None or accelerator.is_main_process):
         write_jsonl(Path(run_dir) / "noise.jsonl", noise_records(splits["train"]))
     return trainer_cls(
         cfg, model=model, tokenizer=tokenizer, task=task, splits=splits, run_dir=Path(run_dir),
