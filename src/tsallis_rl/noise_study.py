@@ -24,8 +24,8 @@ those sampled rationales are the exact clean chain of running totals.
 What the theory predicts (METHOD.md Prop. C.2): for ONE input whose label is the clean one with
 frequency 1 - eps and a single noise label with frequency eps, gradient flow on l_q settles at
 contamination p~* with p~*/(1 - p~*) = (eps/(1-eps))^(1/q) (the escort minimiser), so
-p~* ~ (eps/(1-eps))^(1/q): eps at q = 1 (to first order; eps/(1-eps) * (1 - p~*) exactly), -> 0 as
-q -> 0. Each corrupted example here always carries its wrong sum, so a model that memorises single
+p~* ~ (eps/(1-eps))^(1/q) while it is small; the exact root is eps at q = 1 (where the
+approximation gives eps/(1-eps)) and -> 0 as q -> 0. Each corrupted example here always carries its wrong sum, so a model that memorises single
 examples would drive p~ -> 1 at every q > 0 (only the time to get there depends on q); a model that
 cannot tell corrupted examples apart sees the task's rule with frequency 1 - eps and wrong answers
 with frequency eps, the theory's setting (with the noise mass spread over many wrong sums). The
