@@ -12,12 +12,14 @@ The `hour` preset: q = 0.25, 0.5, 0.75, 1 x eps = 0, 0.2, 0.4 x GARL, PAFT x war
 30-100 steps in the escape study), validation and the memorisation probe every 10 steps (16
 problems x 4 samples). 2 worker processes x 1 thread.
 
-Sizing (measured on this machine, 1 thread per run, while another job used both cores): single
-100-step runs of this configuration took 25.2-27.4 s (warm GARL 26.5, warm PAFT 27.4, cold GARL
-25.9, cold PAFT 25.8, cold GARL q = 0.25 / schedules 25.2-25.8) and up to 37.4 s when the load
-rose; mean 28.2 s over 10 runs. Runs: warm 2 estimators x 4 q x 3 eps x 3 seeds = 72, cold
-2 x (4 q + 2 schedules) x 3 x 3 = 108; 180 runs x 28.2 s / 2 workers = 2538 s = 42 min (54 min at
-the slowest measured 37.4 s per run), under the 60-minute budget.
+Sizing (measured on this machine, 1 thread per run, while another job used both cores): ten
+single 100-step runs of this configuration (64 training / 16 validation problems, eval every 10)
+took 26.5 s (warm GARL q = 1, eps 0.4), 27.4 (warm PAFT), 25.9 (cold dial 2 GARL), 25.8 (cold
+PAFT), 25.8 / 25.6 / 25.2 (cold dial 1: GARL q = 0.25, linear, step), 25.5 (cold dial 2 GARL
+q = 0.25), and 36.5 / 37.4 (cold dial 2 GARL q = 1 / linear, as the other job's load rose);
+mean 28.2 s. Runs: warm 2 estimators x 4 q x 3 eps x 3 seeds = 72, cold 2 x (4 q + 2 schedules)
+x 3 x 3 = 108; 180 runs x 28.2 s / 2 workers = 2538 s = 42 min (56 min at the slowest measured
+37.4 s per run), under the 60-minute budget.
 
     python bench/noise_study.py --out bench/results/noise-study          # ~45 min on 2 idle cores
     python bench/noise_study.py --preset smoke --out /tmp/noise-smoke    # ~1 min: the pipeline
