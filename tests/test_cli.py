@@ -108,9 +108,10 @@ def test_on_off_flags_take_the_same_form_in_every_subcommand():
                 )
         if "--no-progress" in opts:
             assert opts["--no-progress"].help == argparse.SUPPRESS, name
-    for name in ("train", "study", "theory", "eval", "export verl"):
+    for name in ("train", "study escape", "study noise", "theory", "eval", "export verl"):
         assert (f"tsallis-rl {name}", "--overwrite") in seen, name
-    assert {("tsallis-rl study", "--resume"), ("tsallis-rl theory", "--progress")} <= seen
+    assert {("tsallis-rl study escape", "--resume"), ("tsallis-rl study noise", "--resume"),
+            ("tsallis-rl theory", "--progress")} <= seen  # fmt: skip
 
 
 def test_train_help_shows_its_examples_as_written():

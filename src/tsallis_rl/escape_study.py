@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -407,9 +408,15 @@ def run_name(q: float, dial: int, optimizer: str, seed: int) -> str:
     return f"garl_q{q:g}_dial{dial}_{optimizer}_s{seed}"
 
 
-def train_grid(cfg: EscapeStudyConfig, out: Path, *, resume: bool = False) -> dict[str, dict]:
+def train_grid(
+    cfg: Any, out: Path, *, resume: bool = False, runner: Callable[..., dict] | None = None
+) -> dict[str, dict]:
     """Train every run of the grid (finished ones kept when `resume`) in `suite.train_pool`, up to
-    `cfg.workers` side by side; returns final.json content by tag."""
+    `cfg.workers` side by side; returns final.json content by tag.
+
+    The studies' one way to train a grid: `cfg` is any study config with `train_configs(out)`,
+    `steps`, `workers`, `threads` and `model` (EscapeStudyConfig, noise_study.NoiseStudyConfig);
+    `runner` replaces `suite.train_run` in the pool (the noise study's probing trainer)."""
     base = basemodel.BaseModelConfig(threads=cfg.threads)
     model_path = cfg.model or str(basemodel.ensure_base_model(base))
     configs = cfg.train_configs(out)
@@ -421,7 +428,9 @@ def train_grid(cfg: EscapeStudyConfig, out: Path, *, resume: bool = False) -> di
             results[tag] = finished
         else:
             pending.append(PoolJob(tag, run_cfg, Path(run_cfg.out)))
-    results.update(train_pool(pending, model_path, workers=cfg.workers, threads=cfg.threads))
+    results.update(
+        train_pool(pending, model_path, workers=cfg.workers, threads=cfg.threads, runner=runner)
+    )
     return {tag: results[tag] for tag in configs}
 
 
@@ -706,13 +715,31 @@ def plot_curves(cfg: EscapeStudyConfig, results: dict[str, Any], path: Path) -> 
     plt.close(fig)
 
 
-def write_outputs(cfg: EscapeStudyConfig, results: dict[str, Any], out: Path) -> list[Path]:
-    """report.md, results.json, config.yaml and the two plots into `out` (atomic writes)."""
+PLOTS: tuple[tuple[str, Callable[..., None]], ...] = (
+    ("escape_steps.png", plot_escape_steps),
+    ("curves.png", plot_curves),
+)
+
+
+def write_outputs(
+    cfg: Any,
+    results: dict[str, Any],
+    out: Path,
+    *,
+    report: Callable[[Any, dict[str, Any]], str] | None = None,
+    plots: tuple[tuple[str, Callable[..., None]], ...] | None = None,
+    names: tuple[str, ...] = OUTPUT_NAMES,
+) -> list[Path]:
+    """results.json, config.yaml, report.md and the plots into `out` (atomic writes).
+
+    The studies' one writer: `report(cfg, results)` gives report.md and each `plots` entry is
+    (file name, plot(cfg, results, path)); defaults are this study's. Returns out / `names`.
+    """
     write_json(out / "results.json", results, indent=1)
     write_yaml(out / "config.yaml", cfg.to_dict())
-    write_atomic(out / "report.md", report_markdown(cfg, results))
-    for name, plot in (("escape_steps.png", plot_escape_steps), ("curves.png", plot_curves)):
+    write_atomic(out / "report.md", (report or report_markdown)(cfg, results))
+    for name, plot in plots or PLOTS:
         tmp = out / f".{name}.tmp.png"
         plot(cfg, results, tmp)
         tmp.replace(out / name)
-    return [out / n for n in OUTPUT_NAMES]
+    return [out / n for n in names]

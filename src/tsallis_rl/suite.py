@@ -15,6 +15,7 @@ import inspect
 import json
 import multiprocessing
 import signal
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -23,7 +24,7 @@ import torch
 
 from tsallis_rl.config import ConfigError, TrainConfig, default_of
 from tsallis_rl.estimators import get_estimator_spec
-from tsallis_rl.io import read_jsonl
+from tsallis_rl.io import read_jsonl, write_jsonl
 from tsallis_rl.models import basemodel
 from tsallis_rl.models.loading import (
     load_model,
@@ -38,6 +39,7 @@ from tsallis_rl.report import write_report
 from tsallis_rl.rundir import check_out, prepare_out
 from tsallis_rl.tasks import Example, Task, get_task
 from tsallis_rl.tasks.base import subsample
+from tsallis_rl.tasks.noise import noise_records
 from tsallis_rl.trainer import Trainer
 
 
@@ -253,18 +255,22 @@ def train_pool(
     threads: int,
     progress: bool = False,
     accelerator: Any = None,
+    runner: Callable[..., dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Train every job from `model_path`; returns final.json content by job name.
 
     The one worker pool: with `workers` > 1 (CPU only; callers pass 1 on GPU or under
     accelerate), up to that many runs train side by side in spawned processes with the
     `threads` split between them, silent, while this process draws one combined progress bar;
-    otherwise they train one after another here with all `threads`.
+    otherwise they train one after another here with all `threads`. `runner` (default
+    `train_run`; module level, so that it pickles) trains one job; a study that probes its runs
+    passes its own (noise_study.noise_train_run).
     """
     workers = min(workers, len(jobs))
+    runner = runner or train_run
     if workers <= 1:
         return {
-            job.name: train_run(
+            job.name: runner(
                 job.cfg.to_dict(), model_path, str(job.run_dir), threads, 0, accelerator
             )
             for job in jobs
@@ -275,7 +281,7 @@ def train_pool(
     try:
         futures = {
             job.name: pool.submit(
-                train_run,
+                runner,
                 {**job.cfg.to_dict(), "progress": False},
                 model_path,
                 str(job.run_dir),
@@ -370,8 +376,11 @@ def build_trainer(
     model_path: str | None = None,
     accelerator: Any = None,
     position: int = 0,
+    trainer_cls: type[Trainer] = Trainer,
 ) -> Trainer:
-    """A Trainer for one run of `cfg` (model from `model_path`, else cfg.model), not yet fitted."""
+    """A Trainer (or `trainer_cls`) for one run of `cfg` (model from `model_path`, else
+    cfg.model), not yet fitted. A task with `?noise=` gets its corrupted examples listed in
+    RUN/noise.jsonl (index, id, clean and noisy answer)."""
     task = get_task(cfg.task)
     splits = make_splits(task, cfg)
     device, dtype = resolve_device(cfg)
@@ -379,7 +388,9 @@ def build_trainer(
     model_cfg = cfg if model_path is None else dataclasses.replace(cfg, model=model_path)
     model, tokenizer = load_model(model_cfg, device, dtype)
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    return Trainer(
+    if task.noise and (accelerator is None or accelerator.is_main_process):
+        write_jsonl(Path(run_dir) / "noise.jsonl", noise_records(splits["train"]))
+    return trainer_cls(
         cfg, model=model, tokenizer=tokenizer, task=task, splits=splits, run_dir=Path(run_dir),
         device=device, accelerator=accelerator, bar_position=position,
     )  # fmt: skip

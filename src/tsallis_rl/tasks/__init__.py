@@ -21,6 +21,7 @@ from tsallis_rl.tasks.base import (
     format_for_model,
     register_task,
 )
+from tsallis_rl.tasks.noise import take_noise_option, with_noise
 
 for _info in pkgutil.iter_modules(__path__):
     if _info.name != "base" and not _info.name.startswith("_"):
@@ -28,7 +29,17 @@ for _info in pkgutil.iter_modules(__path__):
 
 
 def get_task(name: str, **options: Any) -> Task:
-    """The task registered under `name`; "rg:<spec>" goes to the reasoning-gym factory."""
+    """The task registered under `name`; "rg:<spec>" goes to the reasoning-gym factory.
+
+    Every task takes the `noise=EPS` option (in the name or in `options`): its training answers are
+    corrupted as `tasks.noise` says (checked here, before anything is built).
+    """
+    name, eps = take_noise_option(name, options)
+    task = _build_task(name, **options)
+    return task if eps is None else with_noise(task, eps)
+
+
+def _build_task(name: str, **options: Any) -> Task:
     key, _, spec = name.partition(":")
     if spec and f"{key}:" in _TASKS:
         return _TASKS[f"{key}:"](spec, **options)

@@ -27,6 +27,7 @@ subsample of each file; see `Task.splits` for the rules).
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,8 @@ class Task:
     #: what a context variant (a task option such as `hotpotqa?context=gold`) dropped from the
     #: benchmark's context, one line ("" = nothing dropped); `data show|stats` and final.json say it
     context_note: str = ""
+    #: the `?noise=` option: fraction of training answers corrupted (tasks.noise; 0 = clean)
+    noise: float = 0.0
 
     def load(self, path: str | Path | None = None, *, skip_invalid: bool = False) -> list[Example]:
         raise NotImplementedError
@@ -236,6 +239,42 @@ class Task:
 
     def official_metrics(self, pred: str, ex: Example) -> dict[str, float]:
         return {}
+
+    def answer_kind(self, answer: str) -> str:
+        """The form of an answer that label noise keeps: "yesno", "number" or "span"."""
+        text = self.normalize(answer).lower().strip(" .")
+        if text in ("yes", "no"):
+            return "yesno"
+        try:
+            float(text.replace(",", "").replace("$", "").replace("%", ""))
+        except ValueError:
+            return "span"
+        return "number"
+
+    def noisy_answer(
+        self, ex: Example, pool: dict[str, list[str]], rng: random.Random
+    ) -> str | None:
+        """A wrong gold answer of `ex`'s form for the `?noise=` option (tasks.noise), or None.
+
+        pool: the distinct training answers by `answer_kind`. yes/no flips; otherwise another
+        training answer of the same form that neither the training reward (`exact_match`) nor the
+        evaluation match (`substring_match`) accepts for `ex`, drawn with `rng`.
+        """
+        form = self.answer_kind(ex.answer)
+        if form == "yesno":
+            flipped = "no" if self.normalize(ex.answer).lower().startswith("yes") else "yes"
+            return flipped.capitalize() if ex.answer[:1].isupper() else flipped
+
+        def wrong(candidate: str) -> bool:
+            return not (self.exact_match(candidate, ex) or self.substring_match(candidate, ex))
+
+        candidates = pool.get(form, [])
+        for _ in range(min(64, len(candidates))):  # cheap draws first; a full scan if they miss
+            candidate = rng.choice(candidates)
+            if wrong(candidate):
+                return candidate
+        rest = [c for c in candidates if wrong(c)]
+        return rng.choice(rest) if rest else None
 
 
 _TASKS: dict[str, Callable[..., Task]] = {}

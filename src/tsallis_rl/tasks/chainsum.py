@@ -172,6 +172,15 @@ class ChainSumTask(Task):
             out[split] = items
         return out
 
+    def noisy_answer(self, ex: Example, pool: dict[str, list[str]], rng: random.Random) -> str:
+        """A wrong answer for the `?noise=` option: another sum with as many digits as the true
+        one (never the true one), rendered in the task's answer form; `pool` is not needed."""
+        total = ex.meta["sum"]
+        digits = len(str(total))
+        low = 0 if digits == 1 else 10 ** (digits - 1)
+        wrong = rng.choice([s for s in range(low, 10**digits) if s != total])
+        return self.render_answer(wrong)
+
     def build_prompt(self, ex: Example, regime: str = "warm") -> str:
         form = COLD_FORM if regime == "cold" else WARM_FORM
         return render_input(ex.meta["operands"], form)
