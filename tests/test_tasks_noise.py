@@ -131,6 +131,19 @@ def test_the_run_records_the_corrupted_examples_with_clean_and_noisy_answers(
     assert not (tmp_path / "clean" / "noise.jsonl").exists() and clean.task.noise == 0.0
 
 
+def test_a_plain_train_run_counts_its_corrupted_answers_in_final_json(tmp_path, tiny_model_dir):
+    from tsallis_rl.cli import main
+
+    argv = ["train", "--model", str(tiny_model_dir), "--task", "chainsum?noise=0.25",
+            "--estimators", "garl:1", "--steps", "1", "--train-size", "16", "--val-size", "2",
+            "--test-size", "0", "--eval-k", "2", "--batch-size", "2", "--num-rollouts", "2",
+            "--thinking-budget", "4", "--answer-budget", "4", "--threads", "1",
+            "--progress", "false", "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main(argv) == 0
+    final = json.loads((tmp_path / "out" / "garl_q1" / "final.json").read_text())
+    assert final["noise"] == 0.25 and final["noisy_train"] == 4
+
+
 @pytest.mark.parametrize(
     "argv",
     [

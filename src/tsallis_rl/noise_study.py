@@ -53,12 +53,12 @@ from tsallis_rl.config import TrainConfig
 from tsallis_rl.errors import ConfigError
 from tsallis_rl.estimators import get_estimator_spec
 from tsallis_rl.evaluation import eval_seed, example_seed
-from tsallis_rl.io import read_jsonl, write_json
+from tsallis_rl.io import read_jsonl
 from tsallis_rl.rollout import SamplingSettings, sample, token_logps
 from tsallis_rl.sequences import ANSWER
 from tsallis_rl.suite import build_trainer, run_tag
 from tsallis_rl.tasks.chainsum import DIAL_FORMS
-from tsallis_rl.tasks.noise import clean_example, is_noisy, noise_records, parse_noise
+from tsallis_rl.tasks.noise import clean_example, is_noisy, parse_noise
 from tsallis_rl.trainer import Trainer
 
 # --------------------------------------------------------------------------------------------------
@@ -153,14 +153,6 @@ class NoiseTrainer(Trainer):
         super()._eval_and_log(mkey)
         if self.loggers and self.noisy_examples():
             self.loggers.log({"kind": "noise", "step": self.step, **self.memorisation()})
-
-    def _finish(self, mkey: str) -> dict[str, Any]:
-        result = super()._finish(mkey)
-        if self.is_main:
-            result["noise"] = self.task.noise
-            result["noisy_train"] = len(noise_records(self.splits["train"]))
-            write_json(self.run_dir / "final.json", result)
-        return result
 
 
 def noise_train_run(

@@ -42,6 +42,7 @@ from tsallis_rl.models.loading import load_weights
 from tsallis_rl.prompts import PromptFormatter, sampling_settings
 from tsallis_rl.rollout import Rollout, SamplingSettings, can_share_prompt, sample
 from tsallis_rl.tasks.base import Example, Task
+from tsallis_rl.tasks.noise import noise_records
 
 # --------------------------------------------------------------------------------------------------
 # q schedules (pure)
@@ -539,6 +540,9 @@ class Trainer:
         )
         result["initial_log_p"] = first.get("log_p_hat") if first else None
         result["wall_seconds"] = self.elapsed_before + time.time() - self._started
+        if self.task.noise:  # `?noise=`: how many training answers were corrupted (RUN/noise.jsonl)
+            result["noise"] = self.task.noise
+            result["noisy_train"] = len(noise_records(self.splits["train"]))
         if self.loggers:
             self.loggers.close()
         write_json(self.run_dir / "final.json", result)
