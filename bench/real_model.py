@@ -7,10 +7,9 @@ What it runs, in one command (the recipe `hotpotqa-smollm2-cold` holds every set
      (instructions + answer format) and the cold regime (bare context + question);
   3. the recipe's suite (GRPO, GARL q = 0.75, GARL q = 1, PAFT q = 0.75: same rollouts, steps,
      learning rate) with `tsallis-rl train --recipe hotpotqa-smollm2-cold`;
-  4. each method's last-step model on the same test split (the trainer tests the checkpoint
-     selected by validation m@k, which in a cold start that never escapes is step 0, the base
-     model): `last` rows; then the checkpoints (optimizer state, ~1.6 GB a run) are deleted
-     unless --keep-checkpoints;
+  4. each method's last-step model on the same test split when the trainer's tested checkpoint
+     (the best validation log P-hat: the recipe's select_metric) is an earlier step: `last` rows;
+     then the checkpoints (optimizer state, ~1.6 GB a run) are deleted unless --keep-checkpoints;
   5. the table: per row p@1 (the task's evaluation match), EM and F1 (official HotpotQA rules,
      mean over the k samples of each example), majority-vote EM / F1, mean log P-hat of the gold
      answer, mean answer length (words), best validation step and wall time; the validation
