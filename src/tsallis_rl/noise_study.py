@@ -39,6 +39,7 @@ Collapse: a run whose validation p@1 peaks at >= `collapse_min_peak` and later f
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +57,7 @@ from tsallis_rl.evaluation import eval_seed, example_seed
 from tsallis_rl.io import read_jsonl
 from tsallis_rl.rollout import SamplingSettings, sample, token_logps
 from tsallis_rl.sequences import ANSWER
-from tsallis_rl.suite import build_trainer, run_tag
+from tsallis_rl.suite import run_tag, train_run
 from tsallis_rl.tasks.chainsum import DIAL_FORMS
 from tsallis_rl.tasks.noise import clean_example, is_noisy, parse_noise
 from tsallis_rl.trainer import Trainer
@@ -155,22 +156,8 @@ class NoiseTrainer(Trainer):
             self.loggers.log({"kind": "noise", "step": self.step, **self.memorisation()})
 
 
-def noise_train_run(
-    cfg_dict: dict[str, Any],
-    model_path: str,
-    run_dir: str,
-    threads: int,
-    position: int = 0,
-    accelerator: Any = None,
-) -> dict[str, Any]:
-    """`suite.train_run` with a `NoiseTrainer` (the pool's runner; picklable, module level)."""
-    torch.set_num_threads(threads)
-    cfg = TrainConfig(**cfg_dict)
-    trainer = build_trainer(
-        cfg, run_dir, model_path=model_path, accelerator=accelerator, position=position,
-        trainer_cls=NoiseTrainer,
-    )  # fmt: skip
-    return trainer.fit()
+noise_train_run = functools.partial(train_run, trainer_cls=NoiseTrainer)
+"""`suite.train_run` with a `NoiseTrainer`: the pool's runner (a picklable module-level partial)."""
 
 
 # --------------------------------------------------------------------------------------------------

@@ -403,13 +403,16 @@ def train_run(
     threads: int,
     position: int = 0,
     accelerator: Any = None,
+    trainer_cls: type[Trainer] = Trainer,
 ) -> dict[str, Any]:
-    """Train one run (picklable entry point for worker processes); returns its final.json content."""
+    """Train one run (picklable entry point for worker processes; a study's runner is this with
+    its own `trainer_cls`, via functools.partial); returns its final.json content."""
     torch.set_num_threads(threads)
     cfg = TrainConfig(**cfg_dict)
     trainer = build_trainer(
-        cfg, run_dir, model_path=model_path, accelerator=accelerator, position=position
-    )
+        cfg, run_dir, model_path=model_path, accelerator=accelerator, position=position,
+        trainer_cls=trainer_cls,
+    )  # fmt: skip
     return trainer.fit()
 
 
