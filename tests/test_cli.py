@@ -132,11 +132,16 @@ def test_the_readme_says_where_the_command_is_and_make_can_resume():
 
 
 def _tsallis_rl(*argv: str, **kw):
-    """`tsallis-rl ARGV` as a real process (signals and pipes behave as in a shell)."""
+    """`tsallis-rl ARGV` as a real process (signals and pipes behave as in a shell). Ctrl-C is
+    handled as from a terminal even when the tests run as a background job (`make test &`),
+    whose processes start with SIGINT ignored, which Python then keeps ignoring."""
     import subprocess
     import sys
 
-    script = "import sys\nfrom tsallis_rl.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    script = (
+        "import signal, sys\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "from tsallis_rl.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-c", script, *argv], env=env, **kw)
 
