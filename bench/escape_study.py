@@ -20,10 +20,11 @@ report.md, results.json, config.yaml and plots; nothing is trained.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # study_bench, beside this script
+import study_bench  # noqa: E402
 
 PRESETS = {
     "hour": [
@@ -38,28 +39,7 @@ PRESETS = {
 }  # fmt: skip
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="hour")
-    ap.add_argument(
-        "--reanalyse", action="store_true", help="recompute OUT's analysis from its results.json"
-    )
-    ap.add_argument("extra", nargs="*", help="extra `tsallis-rl study escape` flags (after --)")
-    args = ap.parse_args()
-    if args.reanalyse:
-        return reanalyse(args.out, [*PRESETS[args.preset], *args.extra])
-    from tsallis_rl.cli import main as cli
-
-    argv = ["study", "escape", "--out", str(args.out), *PRESETS[args.preset], *args.extra]
-    if args.out.exists() and any(args.out.iterdir()):
-        argv.append("--resume")
-    code = cli(argv)
-    if code:
-        return code
-    results = json.loads((args.out / "results.json").read_text())
+def show_run(results: dict) -> None:
     from tsallis_rl.escape_study import run_table
 
     print("\ninitial probe log P-hat per dial setting (measured at step 0):")
@@ -67,24 +47,16 @@ def main() -> int:
         print(f"  dial {dial}: {v['mean_initial_log_p']:8.2f}")
     print("\nruns:")
     print(run_table(results["runs"]))
-    print(f"\nwall time: {results['wall_seconds']} s; report: {args.out / 'report.md'}")
-    return 0
 
 
-def reanalyse(out: Path, flags: list[str]) -> int:
-    """Rewrite OUT's outputs from its results.json with the study settings `flags` (no training)."""
-    from tsallis_rl.commands.study import build_config, register
-    from tsallis_rl.escape_study import fit_table, write_outputs
-    from tsallis_rl.escape_study import reanalyse as redo
+def show_reanalysis(results: dict) -> str:
+    from tsallis_rl.escape_study import fit_table
 
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())
-    cfg = build_config(parser.parse_args(["study", "escape", "--out", str(out), *flags]))
-    results = redo(cfg, json.loads((out / "results.json").read_text()))
-    written = write_outputs(cfg, results, out)
-    print(f"rewrote {', '.join(p.name for p in written)} in {out}")
-    print(fit_table(results["fits"]))
-    return 0
+    return fit_table(results["fits"])
+
+
+def main() -> int:
+    return study_bench.main("escape", PRESETS, __doc__, show_run, show_reanalysis)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ mean 28.2 s. Runs: warm 2 estimators x 4 q x 3 eps x 3 seeds = 72, cold 2 x (4 q
 x 3 x 3 = 108; 180 runs x 28.2 s / 2 workers = 2538 s = 42 min (56 min at the slowest measured
 37.4 s per run), under the 60-minute budget.
 
-    python bench/noise_study.py --out bench/results/noise-study          # ~45 min on 2 idle cores
+    python bench/noise_study.py --out bench/results/noise-study          # 38.0 min measured here
     python bench/noise_study.py --preset smoke --out /tmp/noise-smoke    # ~1 min: the pipeline
     python bench/noise_study.py --out runs/x -- --lr 5e-5                # extra study flags after --
 
@@ -32,10 +32,11 @@ with the preset's settings and rewrites OUT's outputs; nothing is trained.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # study_bench, beside this script
+import study_bench  # noqa: E402
 
 PRESETS = {
     "hour": [
@@ -54,50 +55,21 @@ PRESETS = {
 }  # fmt: skip
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="hour")
-    ap.add_argument(
-        "--reanalyse", action="store_true", help="recompute OUT's analysis from its results.json"
-    )
-    ap.add_argument("extra", nargs="*", help="extra `tsallis-rl study noise` flags (after --)")
-    args = ap.parse_args()
-    if args.reanalyse:
-        return reanalyse(args.out, [*PRESETS[args.preset], *args.extra])
-    from tsallis_rl.cli import main as cli
-
-    argv = ["study", "noise", "--out", str(args.out), *PRESETS[args.preset], *args.extra]
-    if args.out.exists() and any(args.out.iterdir()):
-        argv.append("--resume")
-    code = cli(argv)
-    if code:
-        return code
-    results = json.loads((args.out / "results.json").read_text())
+def show_run(results: dict) -> None:
     from tsallis_rl.noise_study import run_table
 
     print("\nruns:")
     print(run_table(results["runs"]))
-    print(f"\nwall time: {results['wall_seconds']} s; report: {args.out / 'report.md'}")
-    return 0
 
 
-def reanalyse(out: Path, flags: list[str]) -> int:
-    """Rewrite OUT's outputs from its results.json with the study settings `flags` (no training)."""
-    from tsallis_rl.commands.study import build_config, register
-    from tsallis_rl.noise_study import reanalyse as redo
-    from tsallis_rl.noise_study import summary_table, write_outputs
+def show_reanalysis(results: dict) -> str:
+    from tsallis_rl.noise_study import summary_table
 
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())
-    cfg = build_config(parser.parse_args(["study", "noise", "--out", str(out), *flags]))
-    results = redo(cfg, json.loads((out / "results.json").read_text()))
-    written = write_outputs(cfg, results, out)
-    print(f"rewrote {', '.join(p.name for p in written)} in {out}")
-    print(summary_table(results))
-    return 0
+    return summary_table(results)
+
+
+def main() -> int:
+    return study_bench.main("noise", PRESETS, __doc__, show_run, show_reanalysis)
 
 
 if __name__ == "__main__":
