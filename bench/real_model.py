@@ -215,24 +215,31 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def test_row(
+    label: str, summary: dict[str, Any], records: list[dict[str, Any]], best_step: Any, seconds: Any
+) -> dict[str, Any]:
+    """One table row from a test evaluation's summary and records (base, selected or last step)."""
+    return {
+        "row": label,
+        "p@1": summary.get("p@1"),
+        **sample_scores(records),
+        "maj_em": summary.get("maj_em"),
+        "maj_f1": summary.get("maj_f1"),
+        "log_p_hat": summary.get("log_p_hat"),
+        "best_step": best_step,
+        "seconds": seconds,
+        "samples": [(r["gold"], r["answers"][0]) for r in records[:SAMPLES_SHOWN]],
+        "curve": [],
+    }
+
+
 def base_row(out: Path, regime: str) -> dict[str, Any] | None:
     folder = out / f"base-{regime}"
     if not (folder / "summary.json").exists():
         return None
     summary = json.loads((folder / "summary.json").read_text())
     records = read_jsonl(folder / "records.jsonl")
-    return {
-        "row": f"base model, {regime} regime",
-        "p@1": summary["p@1"],
-        **sample_scores(records),
-        "maj_em": summary.get("maj_em"),
-        "maj_f1": summary.get("maj_f1"),
-        "log_p_hat": summary.get("log_p_hat"),
-        "best_step": None,
-        "seconds": summary.get("seconds"),
-        "samples": [(r["gold"], r["answers"][0]) for r in records[:SAMPLES_SHOWN]],
-        "curve": [],
-    }
+    return test_row(f"base model, {regime} regime", summary, records, None, summary.get("seconds"))
 
 
 def method_rows(train_out: Path, last_out: Path) -> list[dict[str, Any]]:
@@ -267,39 +274,23 @@ def method_rows(train_out: Path, last_out: Path) -> list[dict[str, Any]]:
             for m in metrics
             if m.get("kind") == "train"
         ]
-        rows.append(
-            {
-                "row": f"{run.name}, selected step {final.get('best_step')} (cold)",
-                "p@1": test.get("p@1"),
-                **sample_scores(records),
-                "maj_em": test.get("maj_em"),
-                "maj_f1": test.get("maj_f1"),
-                "log_p_hat": test.get("log_p_hat"),
-                "best_step": final.get("best_step"),
-                "seconds": final.get("wall_seconds"),
-                "samples": [(r["gold"], r["answers"][0]) for r in records[:SAMPLES_SHOWN]],
-                "curve": curve,
-                "train_curve": train_curve,
-                "context_note": final.get("context_note"),
-            }
-        )
+        row = test_row(
+            f"{run.name}, selected step {final.get('best_step')} (cold)", test, records,
+            final.get("best_step"), final.get("wall_seconds"),
+        )  # fmt: skip
+        row.update(curve=curve, train_curve=train_curve, context_note=final.get("context_note"))
+        rows.append(row)
         last = last_out / run.name
         if (last / "summary.json").exists():
             summary = json.loads((last / "summary.json").read_text())
-            last_records = read_jsonl(last / "records.jsonl")
             rows.append(
-                {
-                    "row": f"{run.name}, last step {summary.get('step')} (cold)",
-                    "p@1": summary["p@1"],
-                    **sample_scores(last_records),
-                    "maj_em": summary.get("maj_em"),
-                    "maj_f1": summary.get("maj_f1"),
-                    "log_p_hat": summary.get("log_p_hat"),
-                    "best_step": None,
-                    "seconds": summary.get("seconds"),
-                    "samples": [(r["gold"], r["answers"][0]) for r in last_records[:SAMPLES_SHOWN]],
-                    "curve": [],
-                }
+                test_row(
+                    f"{run.name}, last step {summary.get('step')} (cold)",
+                    summary,
+                    read_jsonl(last / "records.jsonl"),
+                    None,
+                    summary.get("seconds"),
+                )  # fmt: skip
             )
     return rows
 
